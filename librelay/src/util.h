@@ -1,0 +1,49 @@
+/* util: small helpers every module shares (time, randomness, encodings, hashing). */
+#ifndef RELAY_UTIL_H
+#define RELAY_UTIL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* Wall clock, Unix seconds / milliseconds. */
+int64_t relay_now(void);
+int64_t relay_now_ms(void);
+/* Monotonic milliseconds, for durations and deadlines. */
+int64_t relay_mono_ms(void);
+
+/* "2026-11-26T03:23:28Z" into out (cap >= 21); t == 0 gives "". */
+void relay_iso8601(int64_t t, char *out, size_t cap);
+/* "YYYY-MM-DD" of t (UTC) into out (cap >= 11). */
+void relay_utc_day(int64_t t, char *out, size_t cap);
+/*
+ * Parses "YYYY-MM-DD", "YYYY-MM-DDTHH:MM[:SS[.fff]]" with an optional "Z" or "+HH:MM"/"-HH:MM"
+ * offset (none means UTC). Returns 0 and sets *t, or RELAY_ERR_INVALID.
+ */
+int relay_parse_iso8601(const char *s, int64_t *t);
+
+/* Fills buf with n bytes from the operating system's random source. 0 or RELAY_ERR_IO. */
+int relay_random_bytes(void *buf, size_t n);
+/* A random UUID v4, lower-case, into out (cap >= 37). */
+int relay_uuid4(char *out, size_t cap);
+/* Is s a UUID in 8-4-4-4-12 hex form? */
+int relay_is_uuid(const char *s);
+
+/* URL-safe base64 without padding; out must hold 4*ceil(n/3)+1 bytes. Returns the length. */
+size_t relay_base64url(const void *in, size_t n, char *out);
+/* Lower-case hex; out must hold 2n+1 bytes. */
+void relay_hex(const void *in, size_t n, char *out);
+
+/* SHA-256 of data into out[32]. */
+void relay_sha256(const void *data, size_t len, uint8_t out[32]);
+
+/* Constant-time comparison of two buffers of length n: 1 when equal. */
+int relay_ct_equal(const void *a, const void *b, size_t n);
+/* Constant-time string comparison (time depends only on the lengths): 1 when equal. */
+int relay_ct_streq(const char *a, const char *b);
+
+/* Copies src into dst of size cap, truncating, always NUL-terminated. Returns dst. */
+char *relay_strlcpy(char *dst, const char *src, size_t cap);
+/* strdup that accepts NULL (returns NULL). */
+char *relay_strdup0(const char *s);
+
+#endif
