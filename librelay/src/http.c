@@ -1,0 +1,90 @@
+/* http: helpers for the transport-neutral request/response of librelay's REST handlers. */
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "relay/http.h"
+#include "util.h"
+
+const char *relay_http_header(const relay_http_request_t *req, const char *name)
+{
+    for (size_t i = 0; i < req->n_headers; i++)
+        if (req->headers[i].name && strcasecmp(req->headers[i].name, name) == 0)
+            return req->headers[i].value;
+    return NULL;
+}
+
+static int hexval(char c)
+{
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    if (c >= 'a' && c <= 'f')
+        return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F')
+        return c - 'A' + 10;
+    return -1;
+}
+
+/* URL-decodes [s, s+n) into buf (cap bytes incl. NUL), '+' as space; truncates at cap. */
+static void url_decode(const char *s, size_t n, char *buf, size_t cap)
+{
+    size_t o = 0;
+    for (size_t i = 0; i < n && o + 1 < cap; i++) {
+        if (s[i] == '%' && i + 2 < n && hexval(s[i + 1]) >= 0 && hexval(s[i + 2]) >= 0) {
+            buf[o++] = (char)(hexval(s[i + 1]) * 16 + hexval(s[i + 2]));
+            i += 2;
+        } else {
+            buf[o++] = s[i] == '+' ? ' ' : s[i];
+        }
+    }
+    buf[o] = '\0';
+}
+
+int relay_http_query_param(const relay_http_request_t *req, const char *name, char *buf, size_t cap)
+{
+    const char *q = req->query;
+    size_t nl = strlen(name);
+    while (q && *q) {
+        const char *amp = strchr(q, '&');
+        size_t len = amp ? (size_t)(amp - q) : strlen(q);
+        const char *eq = memchr(q, '=', len);
+        size_t klen = eq ? (size_t)(eq - q) : len;
+        if (klen == nl && memcmp(q, name, nl) == 0) {
+            if (cap)
+                url_decode(eq ? eq + 1 : q + len, eq ? len - klen - 1 : 0, buf, cap);
+            return 1;
+        }
+        q = amp ? amp + 1 : NULL;
+    }
+    return 0;
+}
+
+void relay_http_response_set(relay_http_response_t *resp, int status, char *body)
+{
+    free(resp->body);
+    resp->status = status;
+    resp->body = body;
+    resp->body_len = body ? strlen(body) : 0;
+    if (!resp->content_type[0])
+        relay_strlcpy(resp->content_type, "application/json", sizeof resp->content_type);
+}
+
+void relay_http_response_error(relay_http_response_t *resp, int code, const char *message)
+{
+    relay_http_response_set(resp, relay_err_http_status(code), relay_error_json(code, message));
+}
+
+void relay_http_response_add_header(relay_http_response_t *resp, const char *name, const char *value)
+{
+    if (resp->n_headers >= RELAY_HTTP_MAX_RESP_HEADERS)
+        return;
+    relay_strlcpy(resp->headers[resp->n_headers].name, name, sizeof resp->headers[0].name);
+    relay_strlcpy(resp->headers[resp->n_headers].value, value, sizeof resp->headers[0].value);
+    resp->n_headers++;
+}
+
+void relay_http_response_clear(relay_http_response_t *resp)
+{
+    free(resp->body);
+    memset(resp, 0, sizeof *resp);
+}
