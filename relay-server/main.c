@@ -1,8 +1,456 @@
-/* relay-server: placeholder entry point until the server shell lands (see issue 2). */
+/* relay-server: command line, configuration, start and graceful stop of the CivetWeb shell. */
+#include <errno.h>
+#include <fcntl.h>
+#include <getopt.h>
+#include <pthread.h>
+#include <signal.h>
 #include <stdio.h>
-#include "relay/relay.h"
-int main(void)
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "relay/auth.h"
+#include "relay/keys.h"
+#include "relay/store.h"
+#include "relay/usage.h"
+#include "server.h"
+
+static volatile sig_atomic_t g_stop;
+
+static void on_signal(int sig)
 {
-    printf("relay-server %s\n", relay_version());
+    (void)sig;
+    g_stop = 1;
+}
+
+static void usage(FILE *f)
+{
+    fprintf(f, "relay-server %s: a Claude API relay\n\n"
+               "Usage:\n"
+               "  relay-server [serve] [--config FILE] [--env-file FILE]   run the server (default)\n"
+               "  relay-server --check-config [--config FILE]              validate the configuration and exit\n"
+               "  relay-server migrate up | down [N] | status              manage the database schema\n"
+               "  relay-server keys create --name NAME [--token-limit N] [--tier TIER]\n"
+               "                           [--description TEXT] [--expires-in-days N]\n"
+               "  relay-server keys list                                   list keys (no secrets)\n"
+               "  relay-server version\n"
+               "  relay-server --help\n\n"
+               "Configuration: .env, then config.yaml ($RELAY_CONFIG), then the environment\n"
+               "(UPSTREAM_API_KEY, UPSTREAM_API_URL, ADMIN_USERNAME, ADMIN_PASSWORD, SECRET_KEY,\n"
+               "DATABASE_URL, REDIS_URL, RELAY_LISTEN, RELAY_DATA_DIR, LOG_LEVEL). See docs/configuration.md.\n",
+            relay_version());
+}
+
+static relay_log_level parse_level(const char *s)
+{
+    if (!strcmp(s, "debug"))
+        return RELAY_LOG_DEBUG;
+    if (!strcmp(s, "warning") || !strcmp(s, "warn"))
+        return RELAY_LOG_WARN;
+    if (!strcmp(s, "error"))
+        return RELAY_LOG_ERROR;
+    return RELAY_LOG_INFO;
+}
+
+typedef struct cli {
+    const char *config_path;
+    const char *env_path;
+    int check_config;
+    char **args; /* the subcommand and its words */
+    int nargs;
+} cli_t;
+
+/* Global options may stand anywhere; everything else is the subcommand's. */
+static int parse_cli(int argc, char **argv, cli_t *c)
+{
+    memset(c, 0, sizeof *c);
+    c->args = calloc((size_t)argc + 1, sizeof *c->args);
+    if (!c->args)
+        return -1;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        if (!strcmp(a, "--config") && i + 1 < argc)
+            c->config_path = argv[++i];
+        else if (!strncmp(a, "--config=", 9))
+            c->config_path = a + 9;
+        else if (!strcmp(a, "--env-file") && i + 1 < argc)
+            c->env_path = argv[++i];
+        else if (!strcmp(a, "--check-config"))
+            c->check_config = 1;
+        else if (!strcmp(a, "--help") || !strcmp(a, "-h"))
+            c->args[c->nargs++] = "help";
+        else if (!strcmp(a, "--version"))
+            c->args[c->nargs++] = "version";
+        else
+            c->args[c->nargs++] = argv[i];
+    }
     return 0;
+}
+
+static relay_config_t *load_config(const cli_t *c)
+{
+    relay_config_t *cfg = NULL;
+    relay_error_t err = {0};
+    if (relay_config_load(&cfg, c->config_path, c->env_path, &err) != 0) {
+        fprintf(stderr, "relay-server: %s\n", err.message);
+        return NULL;
+    }
+    server_set_log_level(parse_level(cfg->log_level));
+    for (size_t i = 0; i < cfg->warnings.n; i++)
+        server_log(RELAY_LOG_WARN, "config.warning", NULL, "%s", cfg->warnings.items[i]);
+    cfg->relay.log_fn = server_log_fn;
+    cfg->relay.log_level = parse_level(cfg->log_level);
+    return cfg;
+}
+
+/* SECRET_KEY, or one generated at first start and kept in the data directory (mode 0600). */
+static int ensure_secret_key(relay_config_t *cfg, char *buf, size_t cap)
+{
+    if (cfg->relay.secret_key && *cfg->relay.secret_key)
+        return 0;
+    const char *dir = cfg->relay.data_dir && *cfg->relay.data_dir ? cfg->relay.data_dir : "./data";
+    char path[4096];
+    if (mkdir(dir, 0700) != 0 && errno != EEXIST) {
+        fprintf(stderr, "relay-server: cannot create data directory %s: %s\n", dir, strerror(errno));
+        return -1;
+    }
+    snprintf(path, sizeof path, "%s/secret_key", dir);
+    FILE *f = fopen(path, "r");
+    if (f) {
+        size_t n = fread(buf, 1, cap - 1, f);
+        fclose(f);
+        buf[n] = '\0';
+        buf[strcspn(buf, "\r\n")] = '\0';
+        if (strlen(buf) >= 32) {
+            cfg->relay.secret_key = buf;
+            return 0;
+        }
+    }
+    unsigned char raw[48];
+    if (getentropy(raw, sizeof raw) != 0)
+        return -1;
+    static const char b64[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    size_t o = 0;
+    for (size_t i = 0; i < sizeof raw && o + 1 < cap; i++)
+        buf[o++] = b64[raw[i] & 63];
+    buf[o] = '\0';
+    int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+    if (fd < 0 || write(fd, buf, o) != (ssize_t)o || write(fd, "\n", 1) != 1) {
+        fprintf(stderr, "relay-server: cannot write %s: %s\n", path, strerror(errno));
+        if (fd >= 0)
+            close(fd);
+        return -1;
+    }
+    close(fd);
+    cfg->relay.secret_key = buf;
+    server_log(RELAY_LOG_INFO, "secret_key.generated", NULL,
+               "no SECRET_KEY configured: generated one and stored it in %s (mode 0600)", path);
+    return 0;
+}
+
+static relay_t *open_relay(relay_config_t *cfg)
+{
+    relay_t *r = NULL;
+    relay_error_t err = {0};
+    if (relay_new(&r, &cfg->relay, &err) != 0) {
+        server_log(RELAY_LOG_ERROR, "startup.failed", NULL, "%s", err.message);
+        fprintf(stderr, "relay-server: %s\n", err.message);
+        return NULL;
+    }
+    return r;
+}
+
+/* ---- serve ---- */
+static int handler(struct mg_connection *conn, void *cbdata)
+{
+    server_t *s = cbdata;
+    server_request_t req;
+    int rc = server_request_read(s, conn, &req, s->cfg->relay.max_body_bytes);
+    if (rc) {
+        server_request_free(&req);
+        return rc == RELAY_ERR_IO ? 0 : 1;
+    }
+    const char *p = req.http.path;
+    if (!strcmp(p, s->cfg->health_path))
+        route_health(s, conn, &req);
+    else if (!strcmp(p, "/admin") || !strncmp(p, "/admin/", 7))
+        route_admin(s, conn, &req);
+    else
+        route_proxy(s, conn, &req);
+    server_request_free(&req);
+    return 1;
+}
+
+static void *stop_thread(void *arg)
+{
+    server_t *s = arg;
+    mg_stop(s->ctx);
+    __atomic_store_n(&s->stopping, 2, __ATOMIC_SEQ_CST);
+    return NULL;
+}
+
+static int start_civetweb(server_t *s)
+{
+    if (s->cfg->listen[0] == '[' && !mg_check_feature(8)) {
+        fprintf(stderr, "relay-server: listen %s: this CivetWeb build has no IPv6 support; use an IPv4 address\n",
+                s->cfg->listen);
+        return -1;
+    }
+    char threads[16];
+    snprintf(threads, sizeof threads, "%d", s->cfg->worker_threads);
+    const char *opts[] = {"listening_ports", s->cfg->listen, "num_threads", threads, "enable_keep_alive", "yes",
+                          "keep_alive_timeout_ms", "30000", "request_timeout_ms", "120000", "max_request_size",
+                          "65536", "decode_url", "yes", NULL};
+    struct mg_callbacks cb;
+    memset(&cb, 0, sizeof cb);
+    mg_init_library(0);
+    s->ctx = mg_start(&cb, s, opts);
+    if (!s->ctx) {
+        fprintf(stderr, "relay-server: cannot listen on %s (address in use or invalid)\n", s->cfg->listen);
+        return -1;
+    }
+    mg_set_request_handler(s->ctx, "/", handler, s);
+    return 0;
+}
+
+/* SIGTERM/SIGINT: stop accepting, let requests in flight end within the grace period, flush. */
+static int wait_and_stop(server_t *s)
+{
+    while (!g_stop)
+        usleep(100 * 1000);
+    server_log(RELAY_LOG_INFO, "shutdown.begin", NULL, "stopping: no new connections, %d s for requests in flight",
+               s->cfg->shutdown_grace_s);
+    pthread_t t;
+    if (pthread_create(&t, NULL, stop_thread, s) != 0)
+        return 1;
+    for (int i = 0; i < s->cfg->shutdown_grace_s * 10 && __atomic_load_n(&s->stopping, __ATOMIC_SEQ_CST) != 2; i++)
+        usleep(100 * 1000);
+    if (__atomic_load_n(&s->stopping, __ATOMIC_SEQ_CST) != 2) {
+        /* Requests still running past the grace period: keep what they have billed so far. */
+        int rc = relay_usage_flush(s->relay, 10000);
+        server_log(RELAY_LOG_WARN, "shutdown.forced", NULL, "grace period over with requests in flight; usage %s",
+                   rc == 0 ? "flushed" : "NOT fully flushed");
+        _exit(rc == 0 ? 0 : 1);
+    }
+    pthread_join(t, NULL);
+    relay_free(s->relay);
+    server_log(RELAY_LOG_INFO, "shutdown.done", NULL, "stopped; usage flushed");
+    return 0;
+}
+
+static int cmd_serve(relay_config_t *cfg)
+{
+    char secret[128];
+    if (ensure_secret_key(cfg, secret, sizeof secret) != 0)
+        return 1;
+    server_t s = {.cfg = cfg};
+    s.relay = open_relay(cfg);
+    if (!s.relay)
+        return 1;
+    char pw[128];
+    if (relay_auth_take_generated_password(s.relay, pw, sizeof pw) == 1) {
+        printf("Generated admin password for '%s' (shown once; only its hash is stored): %s\n",
+               cfg->relay.admin_username, pw);
+        fflush(stdout);
+        explicit_bzero(pw, sizeof pw);
+        server_log(RELAY_LOG_WARN, "admin.password_generated", NULL,
+                   "no ADMIN_PASSWORD configured: generated one and printed it once on standard output");
+    }
+    if (!cfg->relay.upstream_api_key || !*cfg->relay.upstream_api_key)
+        server_log(RELAY_LOG_WARN, "upstream.no_key", NULL,
+                   "no UPSTREAM_API_KEY configured: forwarding answers 503 until one is set");
+    if (start_civetweb(&s) != 0) {
+        relay_free(s.relay);
+        return 1;
+    }
+    char fields[256];
+    snprintf(fields, sizeof fields, "{\"listen\":\"%s\",\"workers\":%d,\"version\":\"%s\"}", cfg->listen,
+             cfg->worker_threads, relay_version());
+    server_log(RELAY_LOG_INFO, "server.started", fields, "relay-server listening on http://%s", cfg->listen);
+    return wait_and_stop(&s);
+}
+
+/* ---- migrate ---- */
+static int cmd_migrate(relay_config_t *cfg, char **args, int n)
+{
+    const char *what = n > 1 ? args[1] : "status";
+    relay_store_t *st = NULL;
+    relay_error_t err = {0};
+    if (relay_store_open_configured(&st, &cfg->relay, &err) != 0) {
+        fprintf(stderr, "relay-server: %s\n", err.message);
+        return 1;
+    }
+    int rc = 0, count = 0;
+    if (!strcmp(what, "up")) {
+        rc = relay_store_migrate_up(st, &count, &err);
+        if (!rc)
+            printf("applied %d migration(s) on %s\n", count, relay_store_backend(st));
+    } else if (!strcmp(what, "down")) {
+        int steps = n > 2 ? atoi(args[2]) : 1;
+        if (steps <= 0) {
+            fprintf(stderr, "relay-server: migrate down N: N must be a positive integer\n");
+            relay_store_free(st);
+            return 2;
+        }
+        rc = relay_store_migrate_down(st, steps, &count, &err);
+        if (!rc)
+            printf("rolled back %d migration(s) on %s\n", count, relay_store_backend(st));
+    } else if (!strcmp(what, "status")) {
+        relay_migration_info_t *m = NULL;
+        size_t nm = 0;
+        rc = relay_store_migrate_status(st, &m, &nm, &err);
+        for (size_t i = 0; !rc && i < nm; i++) {
+            char when[32];
+            time_t t = (time_t)m[i].applied_at;
+            struct tm tm;
+            gmtime_r(&t, &tm);
+            strftime(when, sizeof when, "%Y-%m-%dT%H:%M:%SZ", &tm);
+            printf("%04d  %-32s %s%s\n", m[i].version, m[i].name, m[i].applied ? "applied " : "pending",
+                   m[i].applied ? when : "");
+        }
+        free(m);
+    } else {
+        fprintf(stderr, "relay-server: migrate: expected up, down [N] or status\n");
+        relay_store_free(st);
+        return 2;
+    }
+    if (rc)
+        fprintf(stderr, "relay-server: migrate %s: %s\n", what, err.message);
+    relay_store_free(st);
+    return rc ? 1 : 0;
+}
+
+/* ---- keys ---- */
+static int cmd_keys_create(relay_t *r, char **args, int n)
+{
+    relay_key_params_t p;
+    relay_key_params_init(&p);
+    int64_t days = 0;
+    for (int i = 2; i + 1 < n; i += 2) {
+        const char *o = args[i], *v = args[i + 1];
+        if (!strcmp(o, "--name"))
+            p.name = v;
+        else if (!strcmp(o, "--token-limit"))
+            p.token_limit = strtoll(v, NULL, 10);
+        else if (!strcmp(o, "--tier"))
+            p.tier = v;
+        else if (!strcmp(o, "--description"))
+            p.description = v;
+        else if (!strcmp(o, "--expires-in-days"))
+            days = strtoll(v, NULL, 10);
+        else {
+            fprintf(stderr, "relay-server: keys create: unknown option %s\n", o);
+            return 2;
+        }
+    }
+    if ((n - 2) % 2) {
+        fprintf(stderr, "relay-server: keys create: option %s needs a value\n", args[n - 1]);
+        return 2;
+    }
+    if (days < 0 || days > 365) {
+        fprintf(stderr, "relay-server: keys create: --expires-in-days must be 1..365\n");
+        return 2;
+    }
+    if (days)
+        p.expires_at = (int64_t)time(NULL) + days * 86400;
+    char key[RELAY_KEY_MAX];
+    relay_key_record_t rec = {0};
+    relay_error_t err = {0};
+    if (relay_keys_create(r, &p, key, sizeof key, &rec, &err) != 0) {
+        fprintf(stderr, "relay-server: keys create: %s\n", err.message);
+        return 1;
+    }
+    printf("Created key '%s' (id %s, tier %s, token limit %lld).\n"
+           "API key (shown once, store it now): %s\n",
+           rec.name, rec.id, rec.rate_limit_tier, (long long)rec.token_limit, key);
+    explicit_bzero(key, sizeof key);
+    relay_key_record_clear(&rec);
+    return 0;
+}
+
+static int cmd_keys_list(relay_t *r)
+{
+    relay_key_record_t *recs = NULL;
+    size_t n = 0;
+    int64_t total = 0;
+    relay_error_t err = {0};
+    printf("%-36s  %-24s %-20s %-10s %12s %12s  %s\n", "ID", "NAME", "PREFIX", "TIER", "USED", "LIMIT", "STATE");
+    for (int64_t skip = 0;; skip += 1000) {
+        if (relay_keys_list(r, RELAY_KEYS_ALL, skip, 1000, &recs, &n, &total, &err) != 0) {
+            fprintf(stderr, "relay-server: keys list: %s\n", err.message);
+            return 1;
+        }
+        for (size_t i = 0; i < n; i++)
+            printf("%-36s  %-24.24s %-20.20s %-10.10s %12lld %12lld  %s\n", recs[i].id, recs[i].name,
+                   recs[i].key_prefix, recs[i].rate_limit_tier, (long long)recs[i].token_used,
+                   (long long)recs[i].token_limit, recs[i].is_active ? "active" : "disabled");
+        relay_key_records_free(recs, n);
+        if (skip + 1000 >= total)
+            break;
+    }
+    return 0;
+}
+
+static int cmd_keys(relay_config_t *cfg, char **args, int n)
+{
+    const char *what = n > 1 ? args[1] : "";
+    if (strcmp(what, "create") && strcmp(what, "list")) {
+        fprintf(stderr, "relay-server: keys: expected create or list\n");
+        return 2;
+    }
+    char secret[128];
+    if (ensure_secret_key(cfg, secret, sizeof secret) != 0)
+        return 1;
+    relay_t *r = open_relay(cfg);
+    if (!r)
+        return 1;
+    int rc = !strcmp(what, "create") ? cmd_keys_create(r, args, n) : cmd_keys_list(r);
+    relay_free(r);
+    return rc;
+}
+
+int main(int argc, char **argv)
+{
+    cli_t c;
+    if (parse_cli(argc, argv, &c) != 0)
+        return 1;
+    const char *cmd = c.nargs ? c.args[0] : "serve";
+    if (!strcmp(cmd, "help")) {
+        usage(stdout);
+        return 0;
+    }
+    if (!strcmp(cmd, "version")) {
+        printf("relay-server %s\n", relay_version());
+        return 0;
+    }
+    if (strcmp(cmd, "serve") && strcmp(cmd, "migrate") && strcmp(cmd, "keys")) {
+        fprintf(stderr, "relay-server: unknown command '%s'\n\n", cmd);
+        usage(stderr);
+        return 2;
+    }
+    relay_config_t *cfg = load_config(&c);
+    if (!cfg)
+        return 1;
+    int rc;
+    if (c.check_config) {
+        printf("configuration OK (%s)\n", cfg->source[0] ? cfg->source : "built-in defaults");
+        rc = 0;
+    } else if (!strcmp(cmd, "migrate")) {
+        rc = cmd_migrate(cfg, c.args, c.nargs);
+    } else if (!strcmp(cmd, "keys")) {
+        rc = cmd_keys(cfg, c.args, c.nargs);
+    } else {
+        struct sigaction sa;
+        memset(&sa, 0, sizeof sa);
+        sa.sa_handler = on_signal;
+        sigaction(SIGTERM, &sa, NULL);
+        sigaction(SIGINT, &sa, NULL);
+        signal(SIGPIPE, SIG_IGN);
+        rc = cmd_serve(cfg);
+    }
+    relay_config_free(cfg);
+    free(c.args);
+    return rc;
 }

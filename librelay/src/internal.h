@@ -12,6 +12,7 @@
  * and relay_free call in order: relay_<module>_start(r, err) / relay_<module>_stop(r).
  */
 struct relay_keys_state;
+struct relay_tiers_state;
 struct relay_auth_state;
 struct relay_limits_state;
 struct relay_usage_state;
@@ -26,6 +27,7 @@ struct relay {
     relay_price_t *own_prices;
 
     relay_store_t *store;
+    struct relay_tiers_state *tiers;
     struct relay_keys_state *keys;
     struct relay_auth_state *auth;
     struct relay_limits_state *limits;

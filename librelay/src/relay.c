@@ -181,21 +181,27 @@ static int copy_options(relay_t *r, const relay_options_t *in)
     return 0;
 }
 
-/* Opens the configured store: DATABASE_URL, or relay.db in the data directory. */
-static int open_store(relay_t *r, relay_error_t *err)
+int relay_store_open_configured(relay_store_t **out, const relay_options_t *opts, relay_error_t *err)
 {
-    relay_store_options_t so = {.pool_size = r->opts.db_pool_size, .busy_timeout_ms = 5000};
+    relay_store_options_t so = {.pool_size = opts->db_pool_size, .busy_timeout_ms = 5000};
     char path[4096];
-    const char *url = r->opts.database_url;
+    const char *url = opts->database_url;
+    *out = NULL;
     if (!url || !*url) {
-        if (mkdir(r->opts.data_dir, 0700) != 0 && errno != EEXIST)
-            return relay_error_set(err, RELAY_ERR_IO, "cannot create data directory %s: %s", r->opts.data_dir,
-                                   strerror(errno));
-        if ((size_t)snprintf(path, sizeof path, "%s/relay.db", r->opts.data_dir) >= sizeof path)
+        const char *dir = opts->data_dir && *opts->data_dir ? opts->data_dir : "./data";
+        if (mkdir(dir, 0700) != 0 && errno != EEXIST)
+            return relay_error_set(err, RELAY_ERR_IO, "cannot create data directory %s: %s", dir, strerror(errno));
+        if ((size_t)snprintf(path, sizeof path, "%s/relay.db", dir) >= sizeof path)
             return relay_error_set(err, RELAY_ERR_CONFIG, "data directory path too long");
         url = path;
     }
-    int rc = relay_store_open(&r->store, url, &so, err);
+    return relay_store_open(out, url, &so, err);
+}
+
+/* Opens the configured store and migrates it (SQLite by default) or checks it is migrated. */
+static int open_store(relay_t *r, relay_error_t *err)
+{
+    int rc = relay_store_open_configured(&r->store, &r->opts, err);
     if (rc)
         return rc;
     int is_sqlite = strcmp(relay_store_backend(r->store), "sqlite") == 0;
@@ -261,6 +267,11 @@ void relay_free(relay_t *r)
     free(r->own_tiers);
     free(r->own_prices);
     free(r);
+}
+
+int relay_health_database(relay_t *r)
+{
+    return relay_store_ping(r->store);
 }
 
 void relay_log(relay_t *r, relay_log_level level, const char *event, const char *fields_json, const char *fmt,

@@ -193,6 +193,9 @@ RELAY_API int relay_new(relay_t **out, const relay_options_t *opts, relay_error_
 /* Stops the threads after a final flush of pending usage rows, closes the store, frees r. */
 RELAY_API void relay_free(relay_t *r);
 
+/* 0 when the database answers now, RELAY_ERR_STORE otherwise (for /health). */
+RELAY_API int relay_health_database(relay_t *r);
+
 /* Logs through the host's callback (librelay's own modules and hosts alike). */
 RELAY_API void relay_log(relay_t *r, relay_log_level level, const char *event, const char *fields_json,
                          const char *fmt, ...) __attribute__((format(printf, 5, 6)));

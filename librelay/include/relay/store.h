@@ -32,6 +32,11 @@ typedef struct relay_store_options {
  */
 RELAY_API int relay_store_open(relay_store_t **out, const char *url, const relay_store_options_t *opts,
                                relay_error_t *err);
+/*
+ * Opens the store relay_options_t names: database_url, or the SQLite file relay.db in data_dir
+ * (created with mode 0700 when missing). Does not migrate. For hosts' maintenance commands.
+ */
+RELAY_API int relay_store_open_configured(relay_store_t **out, const relay_options_t *opts, relay_error_t *err);
 RELAY_API void relay_store_free(relay_store_t *s);
 /* "sqlite" or "postgresql" */
 RELAY_API const char *relay_store_backend(const relay_store_t *s);

@@ -1,0 +1,69 @@
+/* forward: passing one request to the upstream and its answer back, streaming, with retries. */
+#ifndef RELAY_FORWARD_H
+#define RELAY_FORWARD_H
+
+#include <stdint.h>
+
+#include "relay/http.h"
+#include "relay/relay.h"
+#include "relay/sse.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/*
+ * Where the answer goes: the host's callbacks. librelay calls head once, then body for each chunk
+ * as it arrives from the upstream (the host writes and flushes it at once; SSE events are never
+ * collected first). The headers given to head are end-to-end ones only: no content-length,
+ * content-encoding or transfer-encoding (the body is always sent decoded; the host frames it).
+ * Either callback returns nonzero when the client has gone away; librelay then stops writing and,
+ * for a stream, keeps reading the upstream (up to drain_timeout_ms) so the request is billed.
+ */
+typedef struct relay_sink {
+    void *ud;
+    int (*head)(void *ud, int status, const relay_http_header_t *headers, size_t n_headers);
+    int (*body)(void *ud, const char *data, size_t len);
+} relay_sink_t;
+
+/* What happened to one forwarded request. */
+typedef struct relay_forward_result {
+    int status;          /* the status the client was sent (0: nothing was sent) */
+    int attempts;        /* upstream attempts made (1 + retries) */
+    int stream;          /* the answer was SSE */
+    int client_gone;     /* the client went away before the end */
+    int cut;             /* the upstream ended the answer early (a stream without message_stop) */
+    int estimated;       /* some usage figures are the relay's estimate */
+    relay_usage_t usage; /* final usage: parsed from the upstream, completed by estimates */
+    char request_id[128]; /* the upstream's request-id */
+    int64_t request_bytes, response_bytes;
+    int64_t time_to_first_byte_ms, duration_ms;
+    int error_code;          /* a relay_err when the relay itself failed the request, else 0 */
+    char error_message[256]; /* why (never a secret), or the upstream's error message */
+    char error_type[64];     /* Anthropic error type of an upstream or relay error */
+} relay_forward_result_t;
+
+/*
+ * Stage 3 on its own, for hosts that authenticate and admit themselves: sends req to the upstream
+ * with the client's credentials (x-api-key, Authorization) replaced by the upstream key, retries
+ * with exponential backoff and jitter (connection failures, 408, 429, 500, 502, 503, 504, 529)
+ * while nothing has reached the client, and streams the answer to sink. Errors the relay itself
+ * produces (no upstream key, upstream unreachable after the retries) are written to sink as
+ * Anthropic error JSON. Fills res in every case. Returns 0 when an answer (possibly an upstream
+ * error status) was written, else the relay_err written.
+ * Thread safety: may run concurrently from any number of threads; upstream connections are shared.
+ */
+RELAY_API int relay_forward(relay_t *r, const relay_http_request_t *req, const relay_sink_t *sink,
+                            relay_forward_result_t *res);
+
+/*
+ * The upstream URL for a client path and query ("/v1/messages", "beta=true") into out. A base
+ * configured as ".../v1" (as the original relay wrote it) is not doubled: both
+ * "https://api.anthropic.com" and "https://api.anthropic.com/v1" give ".../v1/messages".
+ */
+RELAY_API int relay_forward_url(relay_t *r, const char *path, const char *query, char *out, size_t cap);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

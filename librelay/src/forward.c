@@ -1,0 +1,630 @@
+/* forward: libcurl to the upstream with the key swapped, streaming to the host's sink, with retries. */
+#include <curl/curl.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <time.h>
+
+#include "buf.h"
+#include "forward_internal.h"
+#include "internal.h"
+#include "relay/forward.h"
+#include "relay/tokens.h"
+#include "util.h"
+
+#define MAX_RESP_HEADERS 64
+#define JSON_BODY_CAP (16u * 1024 * 1024) /* non-streaming answers kept for their usage */
+#define ERR_BODY_CAP (64u * 1024)         /* a retried attempt's error body, for the log */
+
+/* ---- shared upstream connections: one share handle, a pool of easy handles ---- */
+struct relay_forward_state {
+    CURLSH *share;
+    pthread_mutex_t locks[CURL_LOCK_DATA_LAST];
+    pthread_mutex_t pool_mu;
+    CURL **pool;
+    size_t n_pool, cap_pool;
+    uint64_t retries; /* atomic */
+};
+
+void relay_forward_count_retry(relay_t *r)
+{
+    __atomic_add_fetch(&r->forward->retries, 1, __ATOMIC_RELAXED);
+}
+
+uint64_t relay_forward_retries(relay_t *r)
+{
+    return r->forward ? __atomic_load_n(&r->forward->retries, __ATOMIC_RELAXED) : 0;
+}
+
+static pthread_once_t curl_once = PTHREAD_ONCE_INIT;
+static CURLcode curl_init_rc;
+static void curl_init_once(void)
+{
+    curl_init_rc = curl_global_init(CURL_GLOBAL_DEFAULT);
+}
+
+static void share_lock(CURL *h, curl_lock_data data, curl_lock_access a, void *ud)
+{
+    (void)h, (void)a;
+    pthread_mutex_lock(&((struct relay_forward_state *)ud)->locks[data]);
+}
+
+static void share_unlock(CURL *h, curl_lock_data data, void *ud)
+{
+    (void)h;
+    pthread_mutex_unlock(&((struct relay_forward_state *)ud)->locks[data]);
+}
+
+int relay_forward_start(relay_t *r, relay_error_t *err)
+{
+    pthread_once(&curl_once, curl_init_once);
+    if (curl_init_rc != CURLE_OK)
+        return relay_error_set(err, RELAY_ERR_INTERNAL, "libcurl initialisation failed");
+    struct relay_forward_state *f = calloc(1, sizeof *f);
+    if (!f)
+        return relay_error_set(err, RELAY_ERR_NOMEM, "out of memory");
+    for (int i = 0; i < CURL_LOCK_DATA_LAST; i++)
+        pthread_mutex_init(&f->locks[i], NULL);
+    pthread_mutex_init(&f->pool_mu, NULL);
+    f->share = curl_share_init();
+    r->forward = f;
+    if (!f->share)
+        return relay_error_set(err, RELAY_ERR_NOMEM, "out of memory");
+    curl_share_setopt(f->share, CURLSHOPT_LOCKFUNC, share_lock);
+    curl_share_setopt(f->share, CURLSHOPT_UNLOCKFUNC, share_unlock);
+    curl_share_setopt(f->share, CURLSHOPT_USERDATA, f);
+    curl_share_setopt(f->share, CURLSHOPT_SHARE, CURL_LOCK_DATA_CONNECT);
+    curl_share_setopt(f->share, CURLSHOPT_SHARE, CURL_LOCK_DATA_DNS);
+    curl_share_setopt(f->share, CURLSHOPT_SHARE, CURL_LOCK_DATA_SSL_SESSION);
+    if (r->opts.tokenizer_file && *r->opts.tokenizer_file) {
+        int rc = relay_tokenizer_new(&r->tokenizer, r->opts.tokenizer_file, err);
+        if (rc)
+            return rc;
+    }
+    return 0;
+}
+
+void relay_forward_stop(relay_t *r)
+{
+    struct relay_forward_state *f = r->forward;
+    if (!f)
+        return;
+    for (size_t i = 0; i < f->n_pool; i++)
+        curl_easy_cleanup(f->pool[i]);
+    free(f->pool);
+    if (f->share)
+        curl_share_cleanup(f->share);
+    for (int i = 0; i < CURL_LOCK_DATA_LAST; i++)
+        pthread_mutex_destroy(&f->locks[i]);
+    pthread_mutex_destroy(&f->pool_mu);
+    free(f);
+    r->forward = NULL;
+    relay_tokenizer_free(r->tokenizer);
+    r->tokenizer = NULL;
+}
+
+static CURL *easy_get(struct relay_forward_state *f)
+{
+    CURL *h = NULL;
+    pthread_mutex_lock(&f->pool_mu);
+    if (f->n_pool)
+        h = f->pool[--f->n_pool];
+    pthread_mutex_unlock(&f->pool_mu);
+    if (h)
+        curl_easy_reset(h);
+    else
+        h = curl_easy_init();
+    return h;
+}
+
+static void easy_put(struct relay_forward_state *f, CURL *h)
+{
+    pthread_mutex_lock(&f->pool_mu);
+    if (f->n_pool == f->cap_pool) {
+        size_t nc = f->cap_pool ? f->cap_pool * 2 : 16;
+        CURL **p = nc <= 1024 ? realloc(f->pool, nc * sizeof *p) : NULL;
+        if (!p) {
+            pthread_mutex_unlock(&f->pool_mu);
+            curl_easy_cleanup(h);
+            return;
+        }
+        f->pool = p;
+        f->cap_pool = nc;
+    }
+    f->pool[f->n_pool++] = h;
+    pthread_mutex_unlock(&f->pool_mu);
+}
+
+/* ---- URL and headers ---- */
+int relay_forward_url(relay_t *r, const char *path, const char *query, char *out, size_t cap)
+{
+    const char *base = r->opts.upstream_url ? r->opts.upstream_url : "https://api.anthropic.com";
+    size_t bl = strlen(base);
+    while (bl && base[bl - 1] == '/')
+        bl--;
+    /* A base written as ".../v1" already names the version the client's path starts with. */
+    if (bl >= 3 && strncmp(base + bl - 3, "/v1", 3) == 0 &&
+        (strncmp(path, "/v1/", 4) == 0 || strcmp(path, "/v1") == 0))
+        bl -= 3;
+    int n = snprintf(out, cap, "%.*s%s%s%s", (int)bl, base, path, query && *query ? "?" : "", query ? query : "");
+    return n < 0 || (size_t)n >= cap ? RELAY_ERR_TOO_LARGE : 0;
+}
+
+/* Headers that describe one connection, or that the relay itself sets, never cross it. */
+static int is_hop_or_owned_request_header(const char *name)
+{
+    static const char *const drop[] = {"host",        "content-length",    "connection",    "keep-alive",
+                                       "proxy-connection", "proxy-authorization", "te",      "trailer",
+                                       "transfer-encoding", "upgrade",          "x-api-key",     "authorization",
+                                       "accept-encoding",   "expect",           "http2-settings"};
+    for (size_t i = 0; i < sizeof drop / sizeof drop[0]; i++)
+        if (strcasecmp(name, drop[i]) == 0)
+            return 1;
+    return 0;
+}
+
+static int is_hop_or_framing_response_header(const char *name)
+{
+    static const char *const drop[] = {"connection",       "keep-alive",      "proxy-connection", "te",
+                                       "trailer",          "transfer-encoding", "upgrade",        "content-length",
+                                       "content-encoding", "proxy-authenticate", "set-cookie"};
+    for (size_t i = 0; i < sizeof drop / sizeof drop[0]; i++)
+        if (strcasecmp(name, drop[i]) == 0)
+            return 1;
+    return 0;
+}
+
+static struct curl_slist *build_request_headers(relay_t *r, const relay_http_request_t *req, int *err)
+{
+    struct curl_slist *list = NULL, *tmp;
+    relay_buf_t line;
+    relay_buf_init(&line, 16384);
+    *err = 0;
+    for (size_t i = 0; i < req->n_headers && !*err; i++) {
+        const relay_http_header_t *h = &req->headers[i];
+        if (!h->name || !h->value || is_hop_or_owned_request_header(h->name))
+            continue;
+        relay_buf_reset(&line);
+        if (relay_buf_printf(&line, "%s: %s", h->name, h->value) != 0)
+            continue; /* an oversized header is not forwarded */
+        if (!(tmp = curl_slist_append(list, relay_buf_str(&line))))
+            *err = RELAY_ERR_NOMEM;
+        else
+            list = tmp;
+    }
+    relay_buf_reset(&line);
+    if (!*err && relay_buf_printf(&line, "x-api-key: %s", r->opts.upstream_api_key) == 0) {
+        if (!(tmp = curl_slist_append(list, relay_buf_str(&line))))
+            *err = RELAY_ERR_NOMEM;
+        else
+            list = tmp;
+    }
+    /* The key must not linger in freed memory longer than needed. */
+    if (line.data)
+        explicit_bzero(line.data, line.alloc);
+    relay_buf_free(&line);
+    if (!*err && (tmp = curl_slist_append(list, "Expect:")))
+        list = tmp;
+    if (*err) {
+        curl_slist_free_all(list);
+        list = NULL;
+    }
+    return list;
+}
+
+/* ---- one request's state ---- */
+typedef struct fwd {
+    relay_t *r;
+    const relay_sink_t *sink;
+    relay_forward_result_t *res;
+    /* per attempt */
+    int status;
+    int discard;          /* this attempt will be retried: swallow its body */
+    int retry_after_s;    /* the upstream's retry-after, -1 when absent */
+    relay_buf_t hdr_store; /* response header lines "name\0value\0" */
+    relay_http_header_t hdrs[MAX_RESP_HEADERS];
+    size_t n_hdrs;
+    relay_buf_t err_body; /* a retried attempt's body */
+    /* across attempts */
+    int is_last_attempt;
+    int head_sent;
+    int is_sse;
+    relay_sse_t *sse;
+    relay_buf_t json; /* non-streaming body, for its usage */
+    int json_overflow;
+    int64_t t_start, t_attempt, t_last_rx, t_first_byte, drain_deadline;
+    int abort_reason; /* why the transfer callback stopped it */
+} fwd_t;
+
+enum { ABORT_NONE, ABORT_FIRST_BYTE, ABORT_IDLE, ABORT_TOTAL, ABORT_DRAIN };
+
+static int is_retryable_status(int s)
+{
+    return s == 408 || s == 429 || s == 500 || s == 502 || s == 503 || s == 504 || s == 529;
+}
+
+static void client_left(fwd_t *f)
+{
+    if (f->res->client_gone)
+        return;
+    f->res->client_gone = 1;
+    f->drain_deadline = relay_mono_ms() + f->r->opts.drain_timeout_ms;
+}
+
+static void send_head(fwd_t *f)
+{
+    f->head_sent = 1;
+    f->res->status = f->status;
+    if (f->sink->head(f->sink->ud, f->status, f->hdrs, f->n_hdrs) != 0)
+        client_left(f);
+}
+
+/* Remembers a response header; the values live in hdr_store, fixed up once headers are complete. */
+static void keep_header(fwd_t *f, const char *name, size_t nl, const char *value, size_t vl)
+{
+    if (strncasecmp(name, "request-id", nl) == 0 && nl == 10)
+        snprintf(f->res->request_id, sizeof f->res->request_id, "%.*s", (int)vl, value);
+    if (nl == 11 && strncasecmp(name, "retry-after", 11) == 0)
+        f->retry_after_s = atoi(value);
+    if (nl == 12 && strncasecmp(name, "content-type", 12) == 0)
+        f->is_sse = vl >= 17 && strncasecmp(value, "text/event-stream", 17) == 0;
+    char nm[128];
+    snprintf(nm, sizeof nm, "%.*s", (int)(nl < 127 ? nl : 127), name);
+    if (is_hop_or_framing_response_header(nm) || f->n_hdrs >= MAX_RESP_HEADERS)
+        return;
+    size_t off = f->hdr_store.len;
+    if (relay_buf_append(&f->hdr_store, name, nl) || relay_buf_append(&f->hdr_store, "", 1) ||
+        relay_buf_append(&f->hdr_store, value, vl) || relay_buf_append(&f->hdr_store, "", 1))
+        return;
+    /* Offsets for now: hdr_store may still move as it grows. */
+    f->hdrs[f->n_hdrs].name = (const char *)(uintptr_t)off;
+    f->hdrs[f->n_hdrs].value = (const char *)(uintptr_t)(off + nl + 1);
+    f->n_hdrs++;
+}
+
+static void headers_complete(fwd_t *f)
+{
+    for (size_t i = 0; i < f->n_hdrs; i++) {
+        f->hdrs[i].name = f->hdr_store.data + (uintptr_t)f->hdrs[i].name;
+        f->hdrs[i].value = f->hdr_store.data + (uintptr_t)f->hdrs[i].value;
+    }
+    f->discard = is_retryable_status(f->status) && !f->is_last_attempt;
+    if (f->discard && f->retry_after_s > 0 && f->retry_after_s * 1000 > f->r->opts.retry_max_ms)
+        f->discard = 0; /* longer than we would wait: the client decides */
+    if (!f->discard)
+        send_head(f);
+}
+
+static size_t on_header(char *data, size_t size, size_t nmemb, void *ud)
+{
+    fwd_t *f = ud;
+    size_t len = size * nmemb;
+    if (len >= 5 && strncmp(data, "HTTP/", 5) == 0) {
+        /* A status line starts a new header block (after 100 Continue or a redirect). */
+        const char *sp = memchr(data, ' ', len);
+        f->status = sp ? atoi(sp + 1) : 0;
+        relay_buf_reset(&f->hdr_store);
+        f->n_hdrs = 0;
+        f->retry_after_s = -1;
+        f->is_sse = 0;
+        return len;
+    }
+    if (len <= 2 && (data[0] == '\r' || data[0] == '\n')) {
+        if (f->status >= 200 && !f->head_sent)
+            headers_complete(f);
+        return len;
+    }
+    const char *colon = memchr(data, ':', len);
+    if (!colon)
+        return len;
+    size_t nl = (size_t)(colon - data);
+    const char *v = colon + 1;
+    size_t vl = len - nl - 1;
+    while (vl && (*v == ' ' || *v == '\t'))
+        v++, vl--;
+    while (vl && (v[vl - 1] == '\r' || v[vl - 1] == '\n' || v[vl - 1] == ' '))
+        vl--;
+    keep_header(f, data, nl, v, vl);
+    return len;
+}
+
+static size_t on_body(char *data, size_t size, size_t nmemb, void *ud)
+{
+    fwd_t *f = ud;
+    size_t len = size * nmemb;
+    int64_t now = relay_mono_ms();
+    f->t_last_rx = now;
+    if (f->discard) {
+        relay_buf_append(&f->err_body, data, len); /* past the cap: not needed for the log */
+        return len;
+    }
+    if (!f->head_sent) /* a body without a header block end seen (HTTP/0.9-ish): be safe */
+        headers_complete(f);
+    if (!f->t_first_byte) {
+        f->t_first_byte = now;
+        f->res->time_to_first_byte_ms = now - f->t_start;
+    }
+    f->res->response_bytes += (int64_t)len;
+    if (f->is_sse) {
+        relay_sse_feed(f->sse, data, len);
+    } else if (!f->json_overflow && relay_buf_append(&f->json, data, len) != 0) {
+        f->json_overflow = 1;
+    }
+    if (!f->res->client_gone && f->sink->body(f->sink->ud, data, len) != 0)
+        client_left(f);
+    /* Without a stream to drain, a gone client ends the transfer: nothing more to bill. */
+    if (f->res->client_gone && !f->is_sse)
+        return f->json_overflow ? 0 : len;
+    return len;
+}
+
+static int on_progress(void *ud, curl_off_t dlt, curl_off_t dln, curl_off_t ult, curl_off_t uln)
+{
+    (void)dlt, (void)dln, (void)ult, (void)uln;
+    fwd_t *f = ud;
+    const relay_options_t *o = &f->r->opts;
+    int64_t now = relay_mono_ms();
+    if (f->res->client_gone && now > f->drain_deadline)
+        f->abort_reason = ABORT_DRAIN;
+    else if (!f->t_last_rx && now - f->t_attempt > (int64_t)(o->first_byte_timeout_s * 1000))
+        f->abort_reason = ABORT_FIRST_BYTE;
+    else if (f->t_last_rx && now - f->t_last_rx > (int64_t)(o->idle_timeout_s * 1000))
+        f->abort_reason = ABORT_IDLE;
+    else if (!f->is_sse && now - f->t_attempt > (int64_t)(o->upstream_timeout_s * 1000))
+        f->abort_reason = ABORT_TOTAL;
+    return f->abort_reason != ABORT_NONE;
+}
+
+static void setup_easy(fwd_t *f, CURL *h, const relay_http_request_t *req, const char *url,
+                       struct curl_slist *headers)
+{
+    const relay_options_t *o = &f->r->opts;
+    curl_easy_setopt(h, CURLOPT_URL, url);
+    curl_easy_setopt(h, CURLOPT_SHARE, f->r->forward->share);
+    curl_easy_setopt(h, CURLOPT_HTTPHEADER, headers);
+    curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L);
+    curl_easy_setopt(h, CURLOPT_TCP_NODELAY, 1L);
+    curl_easy_setopt(h, CURLOPT_TCP_KEEPALIVE, 1L);
+    curl_easy_setopt(h, CURLOPT_CONNECTTIMEOUT_MS, (long)(o->connect_timeout_s * 1000));
+    /* Ask for every encoding libcurl can decode, and hand the client decoded bytes: the relay must
+     * read the usage inside, and a client's accept-encoding is then trivially satisfied. */
+    curl_easy_setopt(h, CURLOPT_ACCEPT_ENCODING, "");
+    curl_easy_setopt(h, CURLOPT_HEADERFUNCTION, on_header);
+    curl_easy_setopt(h, CURLOPT_HEADERDATA, f);
+    curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, on_body);
+    curl_easy_setopt(h, CURLOPT_WRITEDATA, f);
+    curl_easy_setopt(h, CURLOPT_NOPROGRESS, 0L);
+    curl_easy_setopt(h, CURLOPT_XFERINFOFUNCTION, on_progress);
+    curl_easy_setopt(h, CURLOPT_XFERINFODATA, f);
+    curl_easy_setopt(h, CURLOPT_BUFFERSIZE, 16384L);
+    curl_easy_setopt(h, CURLOPT_PROTOCOLS_STR, "http,https");
+    if (strcmp(req->method, "GET") == 0) {
+        curl_easy_setopt(h, CURLOPT_HTTPGET, 1L);
+    } else if (strcmp(req->method, "HEAD") == 0) {
+        curl_easy_setopt(h, CURLOPT_NOBODY, 1L);
+    } else {
+        curl_easy_setopt(h, CURLOPT_POST, 1L);
+        curl_easy_setopt(h, CURLOPT_POSTFIELDS, req->body ? req->body : "");
+        curl_easy_setopt(h, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)req->body_len);
+        if (strcmp(req->method, "POST") != 0)
+            curl_easy_setopt(h, CURLOPT_CUSTOMREQUEST, req->method);
+    }
+}
+
+/* Writes an error the relay itself produced, as Anthropic error JSON (or an SSE error event when
+ * a stream is already under way). */
+static void write_relay_error(fwd_t *f, int code, const char *msg)
+{
+    f->res->error_code = code;
+    snprintf(f->res->error_message, sizeof f->res->error_message, "%s", msg);
+    snprintf(f->res->error_type, sizeof f->res->error_type, "%s", relay_err_type(code));
+    relay_forward_write_error(f->sink, f->head_sent, f->is_sse, code, msg, &f->res->client_gone);
+    if (!f->head_sent)
+        f->res->status = relay_err_http_status(code);
+    f->head_sent = 1;
+}
+
+void relay_forward_write_error(const relay_sink_t *sink, int head_sent, int is_sse, int code, const char *msg,
+                               int *client_gone)
+{
+    if (*client_gone)
+        return;
+    char *json = relay_error_json(code, msg);
+    if (!json)
+        return;
+    if (!head_sent) {
+        relay_http_header_t h[] = {{"content-type", "application/json"}};
+        if (sink->head(sink->ud, relay_err_http_status(code), h, 1) != 0 ||
+            sink->body(sink->ud, json, strlen(json)) != 0)
+            *client_gone = 1;
+    } else if (is_sse) {
+        /* The status is gone already: say it in the stream so the client does not hang. */
+        relay_buf_t ev;
+        relay_buf_init(&ev, 4096);
+        if (relay_buf_printf(&ev, "event: error\ndata: %s\n\n", json) == 0 &&
+            sink->body(sink->ud, ev.data, ev.len) != 0)
+            *client_gone = 1;
+        relay_buf_free(&ev);
+    }
+    free(json);
+}
+
+static int backoff_ms(relay_t *r, int attempt, int retry_after_s)
+{
+    if (retry_after_s >= 0) {
+        int64_t ms = (int64_t)retry_after_s * 1000;
+        return (int)(ms < r->opts.retry_max_ms ? ms : r->opts.retry_max_ms);
+    }
+    int64_t base = (int64_t)r->opts.retry_base_ms << (attempt < 20 ? attempt : 20);
+    if (base > r->opts.retry_max_ms)
+        base = r->opts.retry_max_ms;
+    uint32_t rnd = 0;
+    relay_random_bytes(&rnd, sizeof rnd);
+    /* "Equal jitter": half fixed, half random, so retries of many clients spread out. */
+    return (int)(base / 2 + (int64_t)(rnd % (uint32_t)(base / 2 + 1)));
+}
+
+static void sleep_ms(int ms)
+{
+    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
+    while (nanosleep(&ts, &ts) != 0)
+        ;
+}
+
+/* Fills in what the upstream did not say: the input from the request, the output from the text. */
+static void complete_usage(fwd_t *f, const relay_http_request_t *req)
+{
+    relay_forward_result_t *res = f->res;
+    if (f->is_sse) {
+        res->usage = *relay_sse_usage(f->sse);
+    } else if (!f->json_overflow && f->json.len) {
+        relay_usage_parse_json(&res->usage, f->json.data, f->json.len);
+    }
+    int ok_status = res->status >= 200 && res->status < 300;
+    if (!ok_status || res->error_code)
+        return; /* the upstream did not charge an error answer */
+    int complete = f->is_sse ? res->usage.saw_message_stop && res->usage.has_final : res->usage.has_usage;
+    if (complete)
+        return;
+    res->estimated = 1;
+    if (!res->usage.has_usage && req->body_len) {
+        relay_request_info_t info;
+        if (relay_tokens_count_request(f->r->tokenizer, req->body, req->body_len, &info) == 0) {
+            res->usage.input_tokens = info.input_tokens_estimate;
+            if (!res->usage.model[0])
+                snprintf(res->usage.model, sizeof res->usage.model, "%s", info.model);
+        }
+    }
+    if (f->is_sse) {
+        size_t len = 0, total = 0;
+        const char *text = relay_sse_output_text(f->sse, &len, &total);
+        int64_t est = relay_tokens_count_text(f->r->tokenizer, text, len);
+        if (len && total > len)
+            est = (int64_t)((double)est * (double)total / (double)len);
+        if (est > res->usage.output_tokens)
+            res->usage.output_tokens = est;
+    }
+    res->usage.has_usage = 1;
+}
+
+static void result_error_from_usage(relay_forward_result_t *res, fwd_t *f)
+{
+    if (res->error_code || !res->usage.saw_error)
+        return;
+    snprintf(res->error_type, sizeof res->error_type, "%s", res->usage.error_type);
+    snprintf(res->error_message, sizeof res->error_message, "%s", res->usage.error_message);
+    (void)f;
+}
+
+/* One attempt. Returns the curl code. */
+static CURLcode run_attempt(fwd_t *f, CURL *h, int attempt)
+{
+    f->is_last_attempt = attempt >= f->r->opts.max_retries;
+    f->status = 0;
+    f->discard = 0;
+    f->retry_after_s = -1;
+    f->n_hdrs = 0;
+    f->t_attempt = relay_mono_ms();
+    f->t_last_rx = 0;
+    f->abort_reason = ABORT_NONE;
+    relay_buf_reset(&f->err_body);
+    relay_buf_reset(&f->hdr_store);
+    f->res->attempts = attempt + 1;
+    return curl_easy_perform(h);
+}
+
+static void log_retry(fwd_t *f, int attempt, CURLcode cc, int wait)
+{
+    char fields[192];
+    snprintf(fields, sizeof fields, "{\"attempt\":%d,\"status\":%d,\"wait_ms\":%d}", attempt + 1, f->status, wait);
+    relay_log(f->r, RELAY_LOG_WARN, "upstream.retry", fields, "upstream attempt %d failed (%s); retrying",
+              attempt + 1, cc != CURLE_OK ? curl_easy_strerror(cc) : "retryable status");
+    relay_forward_count_retry(f->r);
+}
+
+static int perform(fwd_t *f, CURL *h, const relay_http_request_t *req)
+{
+    CURLcode cc = CURLE_OK;
+    for (int attempt = 0;; attempt++) {
+        cc = run_attempt(f, h, attempt);
+        int failed_before_client = !f->head_sent && (cc != CURLE_OK || f->discard);
+        if (!failed_before_client || attempt >= f->r->opts.max_retries)
+            break;
+        int wait = backoff_ms(f->r, attempt, f->discard ? f->retry_after_s : -1);
+        log_retry(f, attempt, cc, wait);
+        sleep_ms(wait);
+    }
+    if (f->discard && !f->head_sent) {
+        /* The last attempt was still a retryable status (retries were exhausted or not allowed):
+         * the client gets it as the upstream said it. */
+        send_head(f);
+        if (!f->res->client_gone && f->err_body.len && f->sink->body(f->sink->ud, f->err_body.data, f->err_body.len))
+            client_left(f);
+        f->res->response_bytes += (int64_t)f->err_body.len;
+        if (!f->is_sse)
+            relay_buf_append(&f->json, f->err_body.data, f->err_body.len);
+    }
+    if (cc == CURLE_OK)
+        return 0;
+    if (!f->head_sent) {
+        int timeout = cc == CURLE_OPERATION_TIMEDOUT || f->abort_reason == ABORT_FIRST_BYTE;
+        write_relay_error(f, timeout ? RELAY_ERR_UPSTREAM_TIMEOUT : RELAY_ERR_UPSTREAM,
+                          timeout ? "upstream did not answer in time" : "could not reach the upstream API");
+        return f->res->error_code;
+    }
+    if (f->abort_reason == ABORT_DRAIN)
+        return 0; /* the client left and the drain ran out: billed by estimate */
+    f->res->cut = 1;
+    if (f->is_sse && !relay_sse_usage(f->sse)->saw_message_stop)
+        write_relay_error(f, RELAY_ERR_UPSTREAM, "upstream stream was interrupted");
+    else
+        f->res->error_code = RELAY_ERR_UPSTREAM;
+    return 0;
+}
+
+int relay_forward(relay_t *r, const relay_http_request_t *req, const relay_sink_t *sink, relay_forward_result_t *res)
+{
+    memset(res, 0, sizeof *res);
+    fwd_t f = {.r = r, .sink = sink, .res = res};
+    f.t_start = relay_mono_ms();
+    res->request_bytes = (int64_t)req->body_len;
+    if (!r->opts.upstream_api_key || !*r->opts.upstream_api_key) {
+        write_relay_error(&f, RELAY_ERR_UNAVAILABLE,
+                          "no upstream API key is configured: set UPSTREAM_API_KEY (or upstream.primary.api_key)");
+        return res->error_code;
+    }
+    char url[8192];
+    if (relay_forward_url(r, req->path, req->query, url, sizeof url) != 0) {
+        write_relay_error(&f, RELAY_ERR_INVALID, "request URL too long");
+        return res->error_code;
+    }
+    int herr;
+    struct curl_slist *headers = build_request_headers(r, req, &herr);
+    CURL *h = herr ? NULL : easy_get(r->forward);
+    relay_buf_init(&f.hdr_store, 64 * 1024);
+    relay_buf_init(&f.err_body, ERR_BODY_CAP);
+    relay_buf_init(&f.json, JSON_BODY_CAP);
+    int rc;
+    if (!h || relay_sse_new(&f.sse, 0) != 0) {
+        write_relay_error(&f, RELAY_ERR_NOMEM, "out of memory");
+        rc = RELAY_ERR_NOMEM;
+    } else {
+        setup_easy(&f, h, req, url, headers);
+        rc = perform(&f, h, req);
+        /* The easy handle keeps a pointer to the headers list: drop it before the list goes. */
+        curl_easy_setopt(h, CURLOPT_HTTPHEADER, NULL);
+        easy_put(r->forward, h);
+    }
+    curl_slist_free_all(headers);
+    res->stream = f.is_sse;
+    res->duration_ms = relay_mono_ms() - f.t_start;
+    complete_usage(&f, req);
+    result_error_from_usage(res, &f);
+    relay_sse_free(f.sse);
+    relay_buf_free(&f.hdr_store);
+    relay_buf_free(&f.err_body);
+    relay_buf_free(&f.json);
+    return rc;
+}

@@ -1,0 +1,244 @@
+/* usage: request cost from the price table, and the batched background writer of usage rows. */
+#include <errno.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "internal.h"
+#include "relay/usage.h"
+#include "usage_internal.h"
+#include "util.h"
+
+/* Anthropic list prices, USD per million tokens (input, output, 5m write, 1h write, read). */
+static const relay_price_t BUILTIN_PRICES[] = {
+    {"claude-opus-4-5", 5, 25, 6.25, 10, 0.50},
+    {"claude-opus-4", 15, 75, 18.75, 30, 1.50},
+    {"claude-3-opus", 15, 75, 18.75, 30, 1.50},
+    {"claude-sonnet-4", 3, 15, 3.75, 6, 0.30},
+    {"claude-3-7-sonnet", 3, 15, 3.75, 6, 0.30},
+    {"claude-3-5-sonnet", 3, 15, 3.75, 6, 0.30},
+    {"claude-haiku-4-5", 1, 5, 1.25, 2, 0.10},
+    {"claude-3-5-haiku", 0.80, 4, 1.00, 1.6, 0.08},
+    {"claude-3-haiku", 0.25, 1.25, 0.30, 0.50, 0.03},
+};
+
+double relay_usage_cost(relay_t *r, const char *model, int64_t input, int64_t output, int64_t cache_5m,
+                        int64_t cache_1h, int64_t cache_read, int *known)
+{
+    const relay_price_t *tbl = r->opts.prices ? r->opts.prices : BUILTIN_PRICES;
+    size_t n = r->opts.prices ? r->opts.n_prices : sizeof BUILTIN_PRICES / sizeof BUILTIN_PRICES[0];
+    const relay_price_t *best = NULL;
+    size_t best_len = 0;
+    for (size_t i = 0; model && i < n; i++) {
+        size_t l = strlen(tbl[i].model_prefix);
+        if (l > best_len && strncmp(model, tbl[i].model_prefix, l) == 0) {
+            best = &tbl[i];
+            best_len = l;
+        }
+    }
+    if (known)
+        *known = best != NULL;
+    if (!best)
+        return 0.0;
+    return ((double)input * best->input + (double)output * best->output + (double)cache_5m * best->cache_write_5m +
+            (double)cache_1h * best->cache_write_1h + (double)cache_read * best->cache_read) /
+           1e6;
+}
+
+/* ---- the writer ---- */
+struct relay_usage_state {
+    pthread_mutex_t mu;
+    pthread_cond_t wake;    /* rows arrived or stop requested */
+    pthread_cond_t written; /* a batch committed */
+    pthread_t thread;
+    int running, stopping;
+    relay_usage_row_t *ring; /* circular queue */
+    size_t cap, head, count, max;
+    uint64_t seq_queued, seq_written; /* row sequence numbers, for flush */
+    relay_usage_stats_t stats;
+};
+
+static int ring_grow(struct relay_usage_state *u)
+{
+    size_t ncap = u->cap ? u->cap * 2 : 256;
+    if (ncap > u->max)
+        ncap = u->max;
+    if (ncap <= u->cap)
+        return RELAY_ERR_TOO_LARGE;
+    relay_usage_row_t *n = malloc(ncap * sizeof *n);
+    if (!n)
+        return RELAY_ERR_NOMEM;
+    for (size_t i = 0; i < u->count; i++)
+        n[i] = u->ring[(u->head + i) % u->cap];
+    free(u->ring);
+    u->ring = n;
+    u->cap = ncap;
+    u->head = 0;
+    return 0;
+}
+
+int relay_usage_record(relay_t *r, const relay_usage_row_t *row)
+{
+    struct relay_usage_state *u = r->usage;
+    if (!u)
+        return RELAY_ERR_UNAVAILABLE;
+    pthread_mutex_lock(&u->mu);
+    if (u->count == u->cap && ring_grow(u) != 0) {
+        /* Full (the database has been away for long): the row is lost, and the loss counted. The
+         * queued rows are kept because a batch of them may be in flight. */
+        u->stats.dropped++;
+        pthread_mutex_unlock(&u->mu);
+        relay_log(r, RELAY_LOG_ERROR, "usage.row_dropped", NULL, "usage queue full (%zu rows); row dropped", u->max);
+        return RELAY_ERR_OVERLOADED;
+    }
+    u->ring[(u->head + u->count) % u->cap] = *row;
+    u->count++;
+    u->seq_queued++;
+    u->stats.queued++;
+    pthread_cond_signal(&u->wake);
+    pthread_mutex_unlock(&u->mu);
+    return 0;
+}
+
+static void deadline_in(struct timespec *ts, int ms)
+{
+    clock_gettime(CLOCK_REALTIME, ts);
+    ts->tv_sec += ms / 1000;
+    ts->tv_nsec += (long)(ms % 1000) * 1000000L;
+    if (ts->tv_nsec >= 1000000000L) {
+        ts->tv_sec++;
+        ts->tv_nsec -= 1000000000L;
+    }
+}
+
+int relay_usage_flush(relay_t *r, int timeout_ms)
+{
+    struct relay_usage_state *u = r->usage;
+    if (!u)
+        return 0;
+    struct timespec dl;
+    deadline_in(&dl, timeout_ms);
+    pthread_mutex_lock(&u->mu);
+    uint64_t target = u->seq_queued;
+    int rc = 0;
+    pthread_cond_signal(&u->wake);
+    while (u->seq_written < target && rc == 0)
+        rc = pthread_cond_timedwait(&u->written, &u->mu, &dl);
+    int ok = u->seq_written >= target;
+    pthread_mutex_unlock(&u->mu);
+    return ok ? 0 : RELAY_ERR_STORE;
+}
+
+void relay_usage_get_stats(relay_t *r, relay_usage_stats_t *out)
+{
+    struct relay_usage_state *u = r->usage;
+    memset(out, 0, sizeof *out);
+    if (!u)
+        return;
+    pthread_mutex_lock(&u->mu);
+    *out = u->stats;
+    out->depth = u->count;
+    pthread_mutex_unlock(&u->mu);
+}
+
+/* Copies up to max rows from the front of the queue into batch (they stay queued until written). */
+static size_t take_batch(struct relay_usage_state *u, relay_usage_row_t *batch, size_t max)
+{
+    size_t n = u->count < max ? u->count : max;
+    for (size_t i = 0; i < n; i++)
+        batch[i] = u->ring[(u->head + i) % u->cap];
+    return n;
+}
+
+static void commit_batch(struct relay_usage_state *u, size_t n)
+{
+    u->head = u->cap ? (u->head + n) % u->cap : 0;
+    u->count -= n;
+    u->seq_written += n;
+    u->stats.written += n;
+    pthread_cond_broadcast(&u->written);
+}
+
+static void *writer_main(void *arg)
+{
+    relay_t *r = arg;
+    struct relay_usage_state *u = r->usage;
+    size_t bmax = r->opts.usage_batch_max > 0 ? (size_t)r->opts.usage_batch_max : 500;
+    relay_usage_row_t *batch = malloc(bmax * sizeof *batch);
+    int backoff_ms = 100;
+    pthread_mutex_lock(&u->mu);
+    while (batch) {
+        if (u->count == 0) {
+            if (u->stopping)
+                break;
+            struct timespec dl;
+            deadline_in(&dl, r->opts.usage_flush_ms > 0 ? r->opts.usage_flush_ms : 200);
+            pthread_cond_timedwait(&u->wake, &u->mu, &dl);
+            continue;
+        }
+        size_t n = take_batch(u, batch, bmax);
+        pthread_mutex_unlock(&u->mu);
+        int rc = relay_store_usage_write(r->store, batch, n);
+        pthread_mutex_lock(&u->mu);
+        if (rc == 0) {
+            commit_batch(u, n);
+            backoff_ms = 100;
+            continue;
+        }
+        u->stats.failed_batches++;
+        relay_log(r, RELAY_LOG_WARN, "usage.write_failed", NULL,
+                  "writing %zu usage rows failed (%s); retrying in %d ms, rows kept", n, relay_strerror(rc),
+                  backoff_ms);
+        /* On stop, keep trying for a bounded time so rows are not lost to a brief outage. */
+        if (u->stopping && backoff_ms >= 3200)
+            break;
+        struct timespec dl;
+        deadline_in(&dl, backoff_ms);
+        pthread_cond_timedwait(&u->wake, &u->mu, &dl);
+        backoff_ms = backoff_ms < 5000 ? backoff_ms * 2 : 5000;
+    }
+    if (u->count)
+        relay_log(r, RELAY_LOG_ERROR, "usage.unwritten_at_stop", NULL, "%zu usage rows could not be written", u->count);
+    pthread_mutex_unlock(&u->mu);
+    free(batch);
+    return NULL;
+}
+
+int relay_usage_start(relay_t *r, relay_error_t *err)
+{
+    struct relay_usage_state *u = calloc(1, sizeof *u);
+    if (!u)
+        return relay_error_set(err, RELAY_ERR_NOMEM, "out of memory");
+    pthread_mutex_init(&u->mu, NULL);
+    pthread_cond_init(&u->wake, NULL);
+    pthread_cond_init(&u->written, NULL);
+    u->max = r->opts.usage_queue_max ? r->opts.usage_queue_max : 100000;
+    r->usage = u;
+    if (pthread_create(&u->thread, NULL, writer_main, r) != 0) {
+        relay_usage_stop(r);
+        return relay_error_set(err, RELAY_ERR_INTERNAL, "cannot start the usage writer thread");
+    }
+    u->running = 1;
+    return 0;
+}
+
+void relay_usage_stop(relay_t *r)
+{
+    struct relay_usage_state *u = r->usage;
+    if (!u)
+        return;
+    if (u->running) {
+        pthread_mutex_lock(&u->mu);
+        u->stopping = 1;
+        pthread_cond_signal(&u->wake);
+        pthread_mutex_unlock(&u->mu);
+        pthread_join(u->thread, NULL);
+    }
+    pthread_mutex_destroy(&u->mu);
+    pthread_cond_destroy(&u->wake);
+    pthread_cond_destroy(&u->written);
+    free(u->ring);
+    free(u);
+    r->usage = NULL;
+}

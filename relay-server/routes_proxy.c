@@ -1,0 +1,49 @@
+/* routes_proxy: everything outside the relay's own routes goes to the upstream through relay_proxy. */
+#include <stdio.h>
+#include <string.h>
+
+#include "relay/proxy.h"
+#include "server.h"
+
+/* Claude Code's side traffic that needs no upstream: connectivity probes and telemetry. */
+static int side_traffic(server_t *s, struct mg_connection *conn, const relay_http_request_t *req)
+{
+    if (!strcmp(req->method, "HEAD") && (!strcmp(req->path, "/") || !strcmp(req->path, "/api/hello"))) {
+        relay_http_response_t resp = {.status = 200};
+        server_write_response(conn, &resp);
+        return 1;
+    }
+    if (!strcmp(req->method, "POST") && !strncmp(req->path, "/api/event_logging/", 19) && !s->cfg->forward_event_logging) {
+        server_write_json(conn, 200, "{}");
+        return 1;
+    }
+    return 0;
+}
+
+int route_proxy(server_t *s, struct mg_connection *conn, server_request_t *req)
+{
+    if (side_traffic(s, conn, &req->http))
+        return 1;
+    /* /api/... belongs to the relay (the usage API), never to the upstream. */
+    if (!strcmp(req->http.path, "/api") || !strncmp(req->http.path, "/api/", 5)) {
+        if (strncmp(req->http.path, "/api/event_logging/", 19) != 0) {
+            server_write_error(conn, RELAY_ERR_NOT_FOUND, "no such relay API route");
+            return 1;
+        }
+    }
+    relay_sink_t sink;
+    server_sink_init(&sink, conn);
+    relay_proxy_result_t res;
+    relay_proxy(s->relay, &req->http, &sink, &res);
+    /* Close the chunked body (a client that left gets nothing more). */
+    if (res.status && !res.fwd.client_gone)
+        mg_send_chunk(conn, "", 0);
+    if (res.fwd.attempts > 1 || res.fwd.cut || res.fwd.client_gone) {
+        char fields[512];
+        snprintf(fields, sizeof fields,
+                 "{\"key_id\":\"%s\",\"status\":%d,\"attempts\":%d,\"cut\":%d,\"client_gone\":%d,\"estimated\":%d}",
+                 res.key_id, res.status, res.fwd.attempts, res.fwd.cut, res.fwd.client_gone, res.fwd.estimated);
+        server_log(RELAY_LOG_INFO, "proxy.request", fields, "%s %s", req->http.method, req->http.path);
+    }
+    return 1;
+}

@@ -1,0 +1,58 @@
+/* server: what relay-server's files share: the running server's state and the HTTP glue. */
+#ifndef RELAY_SERVER_H
+#define RELAY_SERVER_H
+
+#include <civetweb.h>
+#include <stddef.h>
+
+#include "relay/config.h"
+#include "relay/forward.h"
+#include "relay/http.h"
+#include "relay/relay.h"
+
+typedef struct server {
+    relay_config_t *cfg;
+    relay_t *relay;
+    struct mg_context *ctx;
+    volatile int stopping;
+} server_t;
+
+/* ---- logging (http_util.c): one JSON object a line on stderr ---- */
+void server_log_fn(void *ud, relay_log_level level, const char *event, const char *msg, const char *fields_json);
+void server_log(relay_log_level level, const char *event, const char *fields_json, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+void server_set_log_level(relay_log_level level);
+
+/* ---- requests (http_util.c) ---- */
+#define SERVER_MAX_HEADERS 64
+
+/* A CivetWeb request translated for librelay; owns the body. */
+typedef struct server_request {
+    relay_http_request_t http;
+    relay_http_header_t headers[SERVER_MAX_HEADERS];
+    char client_ip[64];
+    char *body;
+} server_request_t;
+
+/*
+ * Reads the request (body up to max_body bytes) into req. Returns 0, or RELAY_ERR_TOO_LARGE
+ * (answered 413 already) / RELAY_ERR_IO (client gone; nothing to answer).
+ */
+int server_request_read(server_t *s, struct mg_connection *conn, server_request_t *req, size_t max_body);
+void server_request_free(server_request_t *req);
+
+/* Writes a complete response (status, headers, body) with a content-length. */
+void server_write_response(struct mg_connection *conn, const relay_http_response_t *resp);
+/* Writes Anthropic error JSON for code and message. */
+void server_write_error(struct mg_connection *conn, int code, const char *message);
+/* Writes a JSON body with status. */
+void server_write_json(struct mg_connection *conn, int status, const char *json);
+/* The sink librelay streams a proxied answer into (chunked transfer, flushed per write). */
+void server_sink_init(relay_sink_t *sink, struct mg_connection *conn);
+
+/* ---- routes ---- */
+int route_proxy(server_t *s, struct mg_connection *conn, server_request_t *req);
+int route_admin(server_t *s, struct mg_connection *conn, server_request_t *req);
+int route_health(server_t *s, struct mg_connection *conn, server_request_t *req);
+
+#endif

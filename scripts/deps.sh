@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Installs the Debian packages relay-server needs (build, run, and with --test the test suite's).
+# Idempotent: only missing packages are installed, and apt-get update runs only when needed.
+set -euo pipefail
+
+BUILD_PKGS=(build-essential cmake pkg-config libcurl4-openssl-dev libpq-dev libhiredis-dev libjansson-dev
+  libjwt-dev libcrypt-dev libyaml-dev libcivetweb-dev libsqlite3-dev)
+TEST_PKGS=(libcmocka-dev postgresql redis-server python3 curl)
+
+want=("${BUILD_PKGS[@]}")
+if [[ "${1:-}" == "--test" ]]; then
+  want+=("${TEST_PKGS[@]}")
+fi
+
+missing=()
+for p in "${want[@]}"; do
+  if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
+    missing+=("$p")
+  fi
+done
+if ((${#missing[@]})); then
+  echo "Installing: ${missing[*]}"
+  SUDO=""
+  if [[ $(id -u) -ne 0 ]]; then SUDO="sudo"; fi
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
