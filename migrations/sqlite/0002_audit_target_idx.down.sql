@@ -1,0 +1,2 @@
+-- 0002_audit_target_idx (SQLite): undoes the index.
+DROP INDEX IF EXISTS audit_log_target_idx;
