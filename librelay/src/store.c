@@ -15,6 +15,8 @@
 #define V_REAL(x) ((relay_sql_val_t){.type = RELAY_SQL_REAL, .d = (x)})
 /* Text, or NULL when the pointer is NULL. */
 #define V_TEXT(x) ((relay_sql_val_t){.type = (x) ? RELAY_SQL_TEXT : RELAY_SQL_NULL, .s = (x)})
+/* Text that is never NULL (literals, local arrays). */
+#define V_STR(x) ((relay_sql_val_t){.type = RELAY_SQL_TEXT, .s = (x)})
 /* Text, or NULL when the string is empty (optional fixed-size fields). */
 #define V_OPT(x) ((relay_sql_val_t){.type = (x)[0] ? RELAY_SQL_TEXT : RELAY_SQL_NULL, .s = (x)})
 /* Timestamps: 0 stands for SQL NULL. */
@@ -281,7 +283,7 @@ static int op_read_applied(relay_store_t *s, relay_store_conn_t *c, void *arg, r
     applied_set_t *a = arg;
     a->v.n = 0;
     int64_t exists;
-    relay_sql_val_t p[] = {V_TEXT("schema_migrations")};
+    relay_sql_val_t p[] = {V_STR("schema_migrations")};
     int rc = query_int(s, c, s->drv->sql_table_exists, p, 1, &exists, err);
     a->table_exists = exists > 0;
     if (rc || !a->table_exists)
@@ -749,16 +751,21 @@ static int op_key_list(relay_store_t *s, relay_store_conn_t *c, void *arg, relay
     for (size_t i = 0; i < q->v.n; i++) /* a retried read starts over */
         relay_key_record_clear(&((relay_key_record_t *)q->v.items)[i]);
     q->v.n = 0;
-    char sql[512];
-    snprintf(sql, sizeof sql, "SELECT count(*) FROM api_keys WHERE %s", q->where);
-    int rc = query_int(s, c, sql, q->p, q->np, &q->total, err);
-    if (rc || q->p[q->np].i <= 0)
-        return rc;
-    snprintf(sql, sizeof sql,
-             "SELECT " KEY_COLS " FROM api_keys WHERE %s ORDER BY created_at DESC, id DESC "
-             "LIMIT $%d OFFSET $%d",
-             q->where, q->np + 1, q->np + 2);
-    return s->drv->exec(c, sql, q->p, q->np + 2, key_list_row, q, NULL, err);
+    relay_buf_t sql;
+    relay_buf_init(&sql, 2048);
+    int rc = relay_buf_printf(&sql, "SELECT count(*) FROM api_keys WHERE %s", q->where);
+    rc = rc ? rc : query_int(s, c, relay_buf_str(&sql), q->p, q->np, &q->total, err);
+    if (!rc && q->p[q->np].i > 0) {
+        relay_buf_reset(&sql);
+        rc = relay_buf_printf(&sql,
+                              "SELECT " KEY_COLS " FROM api_keys WHERE %s "
+                              "ORDER BY created_at DESC, id DESC LIMIT $%d OFFSET $%d",
+                              q->where, q->np + 1, q->np + 2);
+        rc = rc ? rc
+                : s->drv->exec(c, relay_buf_str(&sql), q->p, q->np + 2, key_list_row, q, NULL, err);
+    }
+    relay_buf_free(&sql);
+    return rc;
 }
 
 int relay_store_key_list(relay_store_t *s, relay_key_filter filter, int64_t now, int64_t skip,
@@ -1104,7 +1111,7 @@ int relay_store_usage_logs(relay_store_t *s, const relay_usage_query_t *qin,
     relay_buf_init(&q.where, 1024);
     int rc = relay_buf_appends(&q.where, "1 = 1");
     if (!rc && qin->api_key_id)
-        rc = add_cond(&q, "api_key_id =", (relay_sql_val_t){.type = RELAY_SQL_TEXT, .s = nid});
+        rc = add_cond(&q, "api_key_id =", V_STR(nid));
     if (!rc && qin->start)
         rc = add_cond(&q, "created_at >=", V_INT(qin->start));
     if (!rc && qin->end)
@@ -1182,7 +1189,7 @@ int relay_store_usage_daily(relay_store_t *s, const char *api_key_id, const char
     relay_buf_init(&q.where, 1024);
     int rc = relay_buf_appends(&q.where, "1 = 1");
     if (!rc && api_key_id)
-        rc = add_cond(&q, "api_key_id =", (relay_sql_val_t){.type = RELAY_SQL_TEXT, .s = nid});
+        rc = add_cond(&q, "api_key_id =", V_STR(nid));
     if (!rc && from_day)
         rc = add_cond(&q, "day >=", V_TEXT(from_day));
     if (!rc && to_day)
