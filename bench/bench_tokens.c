@@ -20,8 +20,8 @@ static char *make_body(size_t *len)
 {
     static const char *const parts[] = {
         "Please review the following function and explain what it does, step by step. ",
-        "static int parse(const char *s, size_t n) { for (size_t i = 0; i < n; i++) "
-        "{ if (s[i] == '\\\\n') return (int)i; } return -1; }\\n",
+        ("static int parse(const char *s, size_t n) { for (size_t i = 0; i < n; i++) "
+         "{ if (s[i] == '\\\\n') return (int)i; } return -1; }\\n"),
         "The quick brown fox jumps over the lazy dog; 12 of 345 tests passed in 6.78 s. ",
         "日本語のテキストも少し含めます。",
     };
