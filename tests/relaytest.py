@@ -374,6 +374,7 @@ class RelayServer:
         self._own_dir = data_dir is None
         self.workdir = tempfile.mkdtemp(prefix="relaytest-")
         self.data_dir = data_dir or os.path.join(self.workdir, "data")
+        self._fixed_port = bool(port)
         self.port = port or free_port()
         self.env = {k: os.environ[k] for k in PASS_ENV if k in os.environ}
         self.env.update({
@@ -388,6 +389,9 @@ class RelayServer:
                 self.env.pop(k, None)
             else:
                 self.env[k] = str(v)
+        if (env or {}).get("RELAY_LISTEN"):  # the caller chose the address: use its port
+            self.port = int(str(env["RELAY_LISTEN"]).rsplit(":", 1)[1])
+            self._fixed_port = True
         self.proc = None
         self._lines = {"stderr": [], "stdout": []}
         self._cond = threading.Condition()
@@ -414,6 +418,21 @@ class RelayServer:
 
     # ---- process ---------------------------------------------------------------------------
     def start(self, wait=True, timeout=HEALTH_TIMEOUT):
+        """Start the process; with wait, return once /health answers 200 (else raise with the
+        server's stderr). A port taken between free_port() and the server's bind is retried
+        on a fresh port, unless the caller chose the port."""
+        for attempt in range(3):
+            try:
+                return self._start_once(wait, timeout)
+            except RuntimeError as e:
+                if (self._fixed_port or attempt == 2
+                        or not re.search(r"in use|EADDRINUSE", str(e), re.I)):
+                    raise
+                self.port = free_port()
+                self.env["RELAY_LISTEN"] = "127.0.0.1:%d" % self.port
+                self._lines = {"stderr": [], "stdout": []}
+
+    def _start_once(self, wait, timeout):
         os.makedirs(self.data_dir, exist_ok=True)
         self.proc = subprocess.Popen([self.binary] + self.args, env=self.env, cwd=self.workdir,
                                      stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
@@ -545,7 +564,8 @@ class RelayServer:
         found = ["stderr line %d" % n for n in find_secrets(self.stderr_lines(), values)]
         found += ["stdout line %d" % n for n in find_secrets(self.stdout_lines(), values)]
         if found:
-            raise AssertionError("a secret appears in relay-server output at " + ", ".join(found))
+            raise AssertionError("a secret appears in the output of relay-server on port %d at %s"
+                                 % (self.port, ", ".join(found)))
 
     # ---- HTTP ------------------------------------------------------------------------------
     def request(self, method, path, body=None, headers=None, timeout=30.0):
