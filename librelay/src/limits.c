@@ -737,8 +737,6 @@ static int take(relay_t *r, limits_take_t *t, limits_verdict_t *v, int *backend)
     struct relay_limits_state *st = r->limits;
     pthread_mutex_lock(&st->mu);
     key_entry_t *e = entry_get(st, t->key_id, 1);
-    if (e && e->used_known && e->used > t->used_floor)
-        t->used_floor = e->used; /* what this instance settled but the store has not counted yet */
     pthread_mutex_unlock(&st->mu);
     if (!e)
         return RELAY_ERR_NOMEM;
@@ -858,8 +856,6 @@ int relay_limits_quota(relay_t *r, const relay_key_record_t *key, relay_quota_vi
     key_entry_t *e = entry_get(st, key->id, 1);
     if (rc != 0 && e)
         rc = mem_take(e, &t, 0, &v);
-    else if (rc == 0 && e && e->used > v.used)
-        v.used = e->used;
     pthread_mutex_unlock(&st->mu);
     if (rc != 0)
         return RELAY_ERR_NOMEM;

@@ -23,6 +23,8 @@
  * ARGV: now_ms id req_limit period_ms tpm tpm_cost concurrent lease_ms consumes_quota token_limit
  *       reserve used_floor quota_ttl_ms take
  * Mirrors limits_decide/mem_take in limits.c: same checks, same order, all-or-nothing take.
+ * used is seeded from used_floor (the store's counter) only when Redis has none: raising it to
+ * the floor later would count twice a settle that reached Redis before the store.
  */
 static const char ADMIT_LUA[] =
     "local now=tonumber(ARGV[1]) local id=ARGV[2]\n"
@@ -31,8 +33,8 @@ static const char ADMIT_LUA[] =
     "local conc=tonumber(ARGV[7]) local lease=tonumber(ARGV[8]) local cq=tonumber(ARGV[9])\n"
     "local tlimit=tonumber(ARGV[10]) local reserve=tonumber(ARGV[11])\n"
     "local floor=tonumber(ARGV[12]) local qttl=tonumber(ARGV[13]) local take=tonumber(ARGV[14])\n"
-    "local used=tonumber(redis.call('HGET',KEYS[4],'used') or '0')\n"
-    "if used<floor then used=floor redis.call('HSET',KEYS[4],'used',used) end\n"
+    "local used=redis.call('HGET',KEYS[4],'used')\n"
+    "if used then used=tonumber(used) else used=floor redis.call('HSET',KEYS[4],'used',used) end\n"
     "redis.call('ZREMRANGEBYSCORE',KEYS[5],'-inf',now)\n"
     "local reserved=0\n"
     "for _,m in ipairs(redis.call('ZRANGE',KEYS[5],0,-1)) do\n"
@@ -82,12 +84,15 @@ static const char ADMIT_LUA[] =
 /*
  * KEYS: 1 token buckets, 2 slots, 3 quota, 4 reservations.
  * ARGV: id reserved billed tpm_second tpm_delta quota_ttl_ms has_slot
+ * A missing quota hash is left missing: the next admit seeds it from the store, which will count
+ * this request too.
  */
 static const char SETTLE_LUA[] =
     "if tonumber(ARGV[2])>0 then redis.call('ZREM',KEYS[4],ARGV[1]..':'..ARGV[2]) end\n"
     "if ARGV[7]=='1' then redis.call('ZREM',KEYS[2],ARGV[1]) end\n"
     "local billed=tonumber(ARGV[3])\n"
-    "if billed>0 then redis.call('HINCRBY',KEYS[3],'used',billed) "
+    "if billed>0 and redis.call('EXISTS',KEYS[3])==1 then "
+    "redis.call('HINCRBY',KEYS[3],'used',billed) "
     "redis.call('PEXPIRE',KEYS[3],ARGV[6]) end\n"
     "local d=tonumber(ARGV[5])\n"
     "if d~=0 then local v=redis.call('HGET',KEYS[1],ARGV[4])\n"

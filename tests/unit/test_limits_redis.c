@@ -158,7 +158,7 @@ typedef struct racer {
     relay_t *r;
     const relay_key_record_t *k;
     pthread_barrier_t *go;
-    atomic_int *admitted;
+    atomic_int *admitted, *not_shared;
 } racer_t;
 
 static void *racer_main(void *arg)
@@ -169,7 +169,8 @@ static void *racer_main(void *arg)
     for (int i = 0; i < 10; i++) {
         relay_admission_t adm;
         if (relay_limits_admit(rc->r, &q, &adm, NULL) == 0) {
-            assert_int_equal(adm.backend, RELAY_ADMIT_REDIS);
+            if (adm.backend != RELAY_ADMIT_REDIS)
+                atomic_fetch_add(rc->not_shared, 1); /* checked by the main thread */
             atomic_fetch_add(rc->admitted, 1);
             relay_limits_settle(rc->r, &adm, 1100);
         }
@@ -188,25 +189,34 @@ static void test_two_instances_race(void **state)
     pthread_t th[T];
     racer_t rc[T];
     pthread_barrier_t go;
-    atomic_int admitted = 0;
+    atomic_int admitted = 0, not_shared = 0;
 
     relay_key_record_t k;
     key_init(&k, "t40", 0, 0);
     pthread_barrier_init(&go, NULL, T);
     for (int i = 0; i < T; i++) {
-        rc[i] = (racer_t){.r = i % 2 ? b.r : a.r, .k = &k, .go = &go, .admitted = &admitted};
+        rc[i] = (racer_t){.r = i % 2 ? b.r : a.r,
+                          .k = &k,
+                          .go = &go,
+                          .admitted = &admitted,
+                          .not_shared = &not_shared};
         assert_int_equal(pthread_create(&th[i], NULL, racer_main, &rc[i]), 0);
     }
     for (int i = 0; i < T; i++)
         pthread_join(th[i], NULL);
     pthread_barrier_destroy(&go);
     assert_int_equal(atomic_load(&admitted), 40);
+    assert_int_equal(atomic_load(&not_shared), 0);
 
     key_init(&k, "unl", 1000000, 1000000 - 12 * 1100);
     atomic_store(&admitted, 0);
     pthread_barrier_init(&go, NULL, T);
     for (int i = 0; i < T; i++) {
-        rc[i] = (racer_t){.r = i % 2 ? b.r : a.r, .k = &k, .go = &go, .admitted = &admitted};
+        rc[i] = (racer_t){.r = i % 2 ? b.r : a.r,
+                          .k = &k,
+                          .go = &go,
+                          .admitted = &admitted,
+                          .not_shared = &not_shared};
         assert_int_equal(pthread_create(&th[i], NULL, racer_main, &rc[i]), 0);
     }
     for (int i = 0; i < T; i++)
@@ -218,6 +228,7 @@ static void test_two_instances_race(void **state)
     assert_true(v.token_used <= k.token_limit); /* never over, across instances */
     assert_int_equal(v.token_used, k.token_used + atomic_load(&admitted) * 1100);
     assert_int_equal(v.token_reserved, 0);
+    assert_int_equal(atomic_load(&not_shared), 0);
     instance_close(&a);
     instance_close(&b);
 }
