@@ -18,6 +18,7 @@ struct relay_limits_state;
 struct relay_usage_state;
 struct relay_forward_state;
 struct relay_metrics;
+struct relay_maintenance;
 struct relay_tokenizer;
 
 struct relay {
@@ -35,6 +36,7 @@ struct relay {
     struct relay_forward_state *forward;
     struct relay_metrics *metrics;
     struct relay_tokenizer *tokenizer;
+    struct relay_maintenance *maintenance;
 };
 
 #endif

@@ -13,10 +13,14 @@
         {"auth", relay_auth_start, relay_auth_stop},                                                    \
         {"forward", relay_forward_start, relay_forward_stop},                                           \
         {"usage", relay_usage_start, relay_usage_stop},                                                 \
+        {"metrics", relay_metrics_start, relay_metrics_stop},                                           \
+        {"maintenance", relay_maintenance_start, relay_maintenance_stop},                               \
     }
 
 #include "forward_internal.h"
 #include "limits_internal.h"
+#include "maintenance_internal.h"
+#include "metrics_internal.h"
 #include "usage_internal.h"
 
 /* tiers.c, keys.c, auth.c */

@@ -6,6 +6,7 @@
 
 #include "forward_internal.h"
 #include "internal.h"
+#include "metrics_internal.h"
 #include "relay/keys.h"
 #include "relay/limits.h"
 #include "relay/proxy.h"
@@ -135,17 +136,24 @@ static void settle(relay_t *r, const relay_http_request_t *req, const relay_key_
 int relay_proxy(relay_t *r, const relay_http_request_t *req, const relay_sink_t *sink, relay_proxy_result_t *res)
 {
     memset(res, 0, sizeof *res);
+    int rc_auth;
     char keybuf[256];
     const char *presented = relay_proxy_request_key(req, keybuf, sizeof keybuf);
-    if (!presented)
-        return refuse(sink, res, RELAY_ERR_AUTH, "missing API key: send it as x-api-key or Authorization: Bearer",
-                      "auth", NULL);
+    if (!presented) {
+        rc_auth = refuse(sink, res, RELAY_ERR_AUTH, "missing API key: send it as x-api-key or Authorization: Bearer",
+                         "auth", NULL);
+        relay_metrics_observe_request(r, req, NULL, res, 0, 0, NULL);
+        return rc_auth;
+    }
     relay_key_record_t key = {0};
     relay_error_t err = {0};
     int rc = relay_keys_verify(r, presented, &key, &err);
     explicit_bzero(keybuf, sizeof keybuf);
-    if (rc)
-        return refuse(sink, res, rc, err.message, rc == RELAY_ERR_STORE ? "store" : "auth", NULL);
+    if (rc) {
+        rc_auth = refuse(sink, res, rc, err.message, rc == RELAY_ERR_STORE ? "store" : "auth", NULL);
+        relay_metrics_observe_request(r, req, &key, res, 0, 0, NULL);
+        return rc_auth;
+    }
     relay_strlcpy(res->key_id, key.id, sizeof res->key_id);
     relay_strlcpy(res->key_name, key.name ? key.name : "", sizeof res->key_name);
 
@@ -174,15 +182,18 @@ int relay_proxy(relay_t *r, const relay_http_request_t *req, const relay_sink_t 
         rc = refuse(sink, res, rc, err.message, adm.reason, &adm);
         goto log_refusal;
     }
+    relay_metrics_forward_begin(r, info.stream);
     rc = relay_forward(r, req, sink, &res->fwd);
     res->status = res->fwd.status;
     settle(r, req, &key, &adm, res, info.model);
+    relay_metrics_observe_request(r, req, &key, res, 1, info.stream, info.model);
     relay_key_record_clear(&key);
     return res->fwd.client_gone ? RELAY_ERR_CLIENT_GONE : 0;
 
 log_refusal:
     /* A refused request of a known key is logged (and counted as an error) but costs nothing. */
     settle(r, req, &key, NULL, res, info.model);
+    relay_metrics_observe_request(r, req, &key, res, 0, 0, info.model);
     relay_key_record_clear(&key);
     return rc;
 }

@@ -1,0 +1,20 @@
+/* maintenance_internal: the maintenance thread's lifecycle hooks and the alert check of the request
+ * path. */
+#ifndef RELAY_MAINTENANCE_INTERNAL_H
+#define RELAY_MAINTENANCE_INTERNAL_H
+
+#include <stdint.h>
+
+#include "internal.h"
+
+int relay_maintenance_start(relay_t *r, relay_error_t *err);
+void relay_maintenance_stop(relay_t *r);
+
+/*
+ * Compares used/limit of key with the alert thresholds and queues each threshold crossed that
+ * this process has not queued before. Memory only (no I/O): safe on the request path.
+ */
+void relay_maintenance_quota_check(relay_t *r, const relay_key_record_t *key, int64_t used,
+                                   int64_t limit);
+
+#endif
