@@ -175,9 +175,14 @@ static int handler(struct mg_connection *conn, void *cbdata)
     const char *p = req.http.path;
     if (!strcmp(p, s->cfg->health_path))
         route_health(s, conn, &req);
-    else if (!strcmp(p, "/admin") || !strncmp(p, "/admin/", 7))
-        route_admin(s, conn, &req);
-    else
+    else if (s->cfg->metrics_enabled && !strcmp(p, s->cfg->metrics_path))
+        route_metrics(s, conn, &req);
+    else if (!strcmp(p, "/api/usage") || !strncmp(p, "/api/usage/", 11))
+        route_user(s, conn, &req);
+    else if (!strcmp(p, "/admin") || !strncmp(p, "/admin/", 7)) {
+        if (!route_stats_admin(s, conn, &req))
+            route_admin(s, conn, &req);
+    } else
         route_proxy(s, conn, &req);
     server_request_free(&req);
     return 1;
@@ -249,6 +254,10 @@ static int cmd_serve(relay_config_t *cfg)
     s.relay = open_relay(cfg);
     if (!s.relay)
         return 1;
+    if (server_observability_setup(&s) != 0) {
+        relay_free(s.relay);
+        return 1;
+    }
     char pw[128];
     if (relay_auth_take_generated_password(s.relay, pw, sizeof pw) == 1) {
         printf("Generated admin password for '%s' (shown once; only its hash is stored): %s\n",

@@ -54,5 +54,11 @@ void server_sink_init(relay_sink_t *sink, struct mg_connection *conn);
 int route_proxy(server_t *s, struct mg_connection *conn, server_request_t *req);
 int route_admin(server_t *s, struct mg_connection *conn, server_request_t *req);
 int route_health(server_t *s, struct mg_connection *conn, server_request_t *req);
+/* routes_user.c: /api/usage...; route_stats_admin returns 0 when the path is not a statistics one. */
+int route_user(server_t *s, struct mg_connection *conn, server_request_t *req);
+int route_stats_admin(server_t *s, struct mg_connection *conn, server_request_t *req);
+/* routes_metrics.c: GET metrics_path; and the metrics key label and alert settings at start. */
+int route_metrics(server_t *s, struct mg_connection *conn, server_request_t *req);
+int server_observability_setup(server_t *s);
 
 #endif
