@@ -163,9 +163,30 @@ static relay_t *open_relay(relay_config_t *cfg)
 }
 
 /* ---- serve ---- */
+static int handle_request(server_t *s, struct mg_connection *conn);
+
 static int handler(struct mg_connection *conn, void *cbdata)
 {
     server_t *s = cbdata;
+    __atomic_add_fetch(&s->inflight, 1, __ATOMIC_SEQ_CST);
+    if (__atomic_load_n(&s->stopping, __ATOMIC_SEQ_CST)) {
+        /* Draining: requests already running finish, new ones are turned away. */
+        relay_http_response_t resp = {0};
+        relay_http_response_error(&resp, RELAY_ERR_UNAVAILABLE, "the relay is shutting down; retry shortly");
+        relay_http_response_add_header(&resp, "Connection", "close");
+        relay_http_response_add_header(&resp, "Retry-After", "1");
+        server_write_response(conn, &resp);
+        relay_http_response_clear(&resp);
+        __atomic_sub_fetch(&s->inflight, 1, __ATOMIC_SEQ_CST);
+        return 1;
+    }
+    int status = handle_request(s, conn);
+    __atomic_sub_fetch(&s->inflight, 1, __ATOMIC_SEQ_CST);
+    return status;
+}
+
+static int handle_request(server_t *s, struct mg_connection *conn)
+{
     server_request_t req;
     int rc = server_request_read(s, conn, &req, s->cfg->relay.max_body_bytes);
     if (rc) {
@@ -192,7 +213,7 @@ static void *stop_thread(void *arg)
 {
     server_t *s = arg;
     mg_stop(s->ctx);
-    __atomic_store_n(&s->stopping, 2, __ATOMIC_SEQ_CST);
+    __atomic_store_n(&s->stopped, 1, __ATOMIC_SEQ_CST);
     return NULL;
 }
 
@@ -220,22 +241,39 @@ static int start_civetweb(server_t *s)
     return 0;
 }
 
-/* SIGTERM/SIGINT: stop accepting, let requests in flight end within the grace period, flush. */
+static void sleep_ms(int ms)
+{
+    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
+    nanosleep(&ts, NULL);
+}
+
+/*
+ * SIGTERM/SIGINT: turn new requests away (503, Connection: close), let the requests in flight
+ * finish within the grace period, then stop CivetWeb and flush pending usage rows. CivetWeb's
+ * own stop makes every write fail at once, so it runs only after the drain.
+ */
 static int wait_and_stop(server_t *s)
 {
     while (!g_stop)
-        usleep(100 * 1000);
-    server_log(RELAY_LOG_INFO, "shutdown.begin", NULL, "stopping: no new connections, %d s for requests in flight",
+        sleep_ms(100);
+    __atomic_store_n(&s->stopping, 1, __ATOMIC_SEQ_CST);
+    server_log(RELAY_LOG_INFO, "shutdown.begin", NULL, "stopping: new requests refused, %d s for requests in flight",
                s->cfg->shutdown_grace_s);
+    int64_t waited = 0, grace_ms = (int64_t)s->cfg->shutdown_grace_s * 1000;
+    while (__atomic_load_n(&s->inflight, __ATOMIC_SEQ_CST) > 0 && waited < grace_ms) {
+        sleep_ms(50);
+        waited += 50;
+    }
+    int left = __atomic_load_n(&s->inflight, __ATOMIC_SEQ_CST);
     pthread_t t;
-    if (pthread_create(&t, NULL, stop_thread, s) != 0)
-        return 1;
-    for (int i = 0; i < s->cfg->shutdown_grace_s * 10 && __atomic_load_n(&s->stopping, __ATOMIC_SEQ_CST) != 2; i++)
-        usleep(100 * 1000);
-    if (__atomic_load_n(&s->stopping, __ATOMIC_SEQ_CST) != 2) {
+    int have_thread = pthread_create(&t, NULL, stop_thread, s) == 0;
+    for (int i = 0; have_thread && i < 100 && !__atomic_load_n(&s->stopped, __ATOMIC_SEQ_CST); i++)
+        sleep_ms(50);
+    if (left > 0 || !__atomic_load_n(&s->stopped, __ATOMIC_SEQ_CST)) {
         /* Requests still running past the grace period: keep what they have billed so far. */
         int rc = relay_usage_flush(s->relay, 10000);
-        server_log(RELAY_LOG_WARN, "shutdown.forced", NULL, "grace period over with requests in flight; usage %s",
+        server_log(RELAY_LOG_WARN, "shutdown.forced", NULL,
+                   "grace period over with %d request(s) in flight; usage %s", left,
                    rc == 0 ? "flushed" : "NOT fully flushed");
         _exit(rc == 0 ? 0 : 1);
     }

@@ -14,7 +14,9 @@ typedef struct server {
     relay_config_t *cfg;
     relay_t *relay;
     struct mg_context *ctx;
-    volatile int stopping;
+    int stopping; /* atomic: draining after SIGTERM */
+    int stopped;  /* atomic: CivetWeb has stopped */
+    int inflight; /* atomic: requests being handled */
 } server_t;
 
 /* ---- logging (http_util.c): one JSON object a line on stderr ---- */

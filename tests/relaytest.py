@@ -723,6 +723,11 @@ class RelayTestCase(unittest.TestCase):
         cls.fake = FakeUpstream(api_key=cls.upstream_key).start()
         if cls.START_RELAY:
             cls.relay = cls.new_relay()
+            if cls.pg:
+                # PostgreSQL is migrated by the operator (SQLite migrates itself on serve).
+                out = cls.relay.run("migrate", "up")
+                if out.returncode != 0:
+                    raise RuntimeError("migrate up failed: " + out.stderr)
             cls.relay.start()
 
     @classmethod

@@ -137,6 +137,12 @@ static void easy_put(struct relay_forward_state *f, CURL *h)
     pthread_mutex_unlock(&f->pool_mu);
 }
 
+int relay_forward_is_billable(const relay_http_request_t *req)
+{
+    return strcmp(req->method, "POST") == 0 &&
+           (strcmp(req->path, "/v1/messages") == 0 || strcmp(req->path, "/v1/complete") == 0);
+}
+
 /* ---- URL and headers ---- */
 int relay_forward_url(relay_t *r, const char *path, const char *query, char *out, size_t cap)
 {
@@ -482,9 +488,10 @@ static void complete_usage(fwd_t *f, const relay_http_request_t *req)
     } else if (!f->json_overflow && f->json.len) {
         relay_usage_parse_json(&res->usage, f->json.data, f->json.len);
     }
-    int ok_status = res->status >= 200 && res->status < 300;
-    if (!ok_status || res->error_code)
-        return; /* the upstream did not charge an error answer */
+    /* The upstream charges only a Messages call it answered with success; a stream cut later
+     * was still charged for what it produced. */
+    if (res->status < 200 || res->status >= 300 || !relay_forward_is_billable(req))
+        return;
     int complete = f->is_sse ? res->usage.saw_message_stop && res->usage.has_final : res->usage.has_usage;
     if (complete)
         return;

@@ -13,6 +13,8 @@ void relay_forward_stop(relay_t *r);
 void relay_forward_write_error(const relay_sink_t *sink, int head_sent, int is_sse, int code, const char *msg,
                                int *client_gone);
 void relay_forward_count_retry(relay_t *r);
+/* Is req a call the upstream bills (a Messages or legacy Complete request)? */
+int relay_forward_is_billable(const relay_http_request_t *req);
 /* Upstream retries made since start. */
 uint64_t relay_forward_retries(relay_t *r);
 

@@ -61,13 +61,6 @@ static int refuse(const relay_sink_t *sink, relay_proxy_result_t *res, int code,
     return gone ? RELAY_ERR_CLIENT_GONE : 0;
 }
 
-/* Only a Messages call is charged by the upstream (count_tokens and models are free). */
-static int consumes_quota(const relay_http_request_t *req)
-{
-    return strcmp(req->method, "POST") == 0 &&
-           (strcmp(req->path, "/v1/messages") == 0 || strcmp(req->path, "/v1/complete") == 0);
-}
-
 static int is_messages_path(const relay_http_request_t *req)
 {
     return strcmp(req->method, "POST") == 0 && strncmp(req->path, "/v1/messages", 12) == 0 &&
@@ -174,7 +167,7 @@ int relay_proxy(relay_t *r, const relay_http_request_t *req, const relay_sink_t 
         .model = info.model[0] ? info.model : NULL,
         .input_tokens_estimate = info.input_tokens_estimate,
         .max_tokens = info.max_tokens,
-        .consumes_quota = consumes_quota(req),
+        .consumes_quota = relay_forward_is_billable(req),
     };
     relay_admission_t adm;
     rc = relay_limits_admit(r, &areq, &adm, &err);

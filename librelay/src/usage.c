@@ -160,6 +160,29 @@ static void commit_batch(struct relay_usage_state *u, size_t n)
     pthread_cond_broadcast(&u->written);
 }
 
+/*
+ * The store refused the batch's content (not the database being away): retrying the same batch
+ * would fail forever, so write the rows one by one and count the ones it refuses as dropped.
+ */
+static int write_one_by_one(relay_t *r, const relay_usage_row_t *batch, size_t n, size_t *done)
+{
+    for (size_t i = 0; i < n; i++, *done = i) {
+        int rc = relay_store_usage_write(r->store, &batch[i], 1);
+        if (rc == RELAY_ERR_INVALID) {
+            pthread_mutex_lock(&r->usage->mu);
+            r->usage->stats.dropped++;
+            pthread_mutex_unlock(&r->usage->mu);
+            relay_log(r, RELAY_LOG_ERROR, "usage.row_rejected", NULL,
+                      "the database refused a usage row of key %s (status %d); dropped", batch[i].api_key_id,
+                      batch[i].response_status);
+        } else if (rc != 0) {
+            return rc; /* the database went away mid-way: rows [done, n) are retried */
+        }
+    }
+    *done = n;
+    return 0;
+}
+
 static void *writer_main(void *arg)
 {
     relay_t *r = arg;
@@ -179,8 +202,13 @@ static void *writer_main(void *arg)
         }
         size_t n = take_batch(u, batch, bmax);
         pthread_mutex_unlock(&u->mu);
+        size_t done = 0;
         int rc = relay_store_usage_write(r->store, batch, n);
+        if (rc == RELAY_ERR_INVALID)
+            rc = write_one_by_one(r, batch, n, &done);
         pthread_mutex_lock(&u->mu);
+        if (rc != 0 && done)
+            commit_batch(u, done); /* never write those again */
         if (rc == 0) {
             commit_batch(u, n);
             backoff_ms = 100;

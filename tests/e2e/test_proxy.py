@@ -1,0 +1,323 @@
+"""End-to-end: forwarding and usage accounting (issue 4) through the real relay-server and the
+fake upstream, on SQLite and (with RELAY_TEST_PG_URL) PostgreSQL."""
+
+import json
+import os
+import sqlite3
+import subprocess
+import time
+import unittest
+
+import relaytest
+from relaytest import RawConnection, both_stores, messages_body, raw_http_request, wait_until
+
+ANTHROPIC = {"anthropic-version": "2023-06-01", "content-type": "application/json"}
+
+CACHE_USAGE = dict(input_tokens=120, output_tokens=57, cache_creation_input_tokens=300,
+                   ephemeral_5m_input_tokens=100, ephemeral_1h_input_tokens=200,
+                   cache_read_input_tokens=4000)
+
+
+class ProxyBase(relaytest.RelayTestCase):
+    """Helpers shared by the proxy test classes."""
+
+    def setUp(self):
+        super().setUp()
+        self.key, self.key_obj = self.relay.create_key()
+
+    def hdrs(self, **extra):
+        h = dict(ANTHROPIC, **{"x-api-key": self.key})
+        h.update(extra)
+        return h
+
+    def usage_rows(self, key_id=None):
+        """usage_logs rows of the key (oldest first) read straight from the database."""
+        key_id = key_id or self.key_obj["id"]
+        if self.pg:
+            out = subprocess.run(
+                ["psql", self.pg.url, "-X", "-q", "-A", "-t", "-c",
+                 "SELECT row_to_json(u) FROM usage_logs u WHERE api_key_id = '%s' ORDER BY id"
+                 % key_id], capture_output=True, text=True, timeout=30, check=True).stdout
+            return [json.loads(line) for line in out.splitlines() if line.strip()]
+        db = sqlite3.connect(os.path.join(self.relay.data_dir, "relay.db"), timeout=10)
+        db.row_factory = sqlite3.Row
+        try:
+            rows = db.execute("SELECT * FROM usage_logs WHERE api_key_id = ? ORDER BY id",
+                              (key_id,)).fetchall()
+            return [dict(r) for r in rows]
+        finally:
+            db.close()
+
+    def wait_rows(self, n, key_id=None, timeout=10):
+        return wait_until(lambda: (lambda rows: rows if len(rows) >= n else None)(
+            self.usage_rows(key_id)), timeout, "%d usage rows" % n)
+
+    def key_state(self):
+        st, js, _ = self.relay.json_request("GET", "/admin/api-keys/" + self.key_obj["id"],
+                                            headers=self.relay.admin_headers())
+        self.assertEqual(st, 200)
+        return js
+
+
+@both_stores
+class TestForwarding(ProxyBase):
+    def test_non_streaming_usage_and_key_swap(self):
+        self.fake.set_usage(**CACHE_USAGE)
+        r = self.relay.request("POST", "/v1/messages?beta=true", messages_body("hi"),
+                               self.hdrs(**{"anthropic-beta": "prompt-caching-2024-07-31",
+                                            "user-agent": "claude-cli/2.0 (external, cli)"}))
+        self.assertEqual(r.status, 200, r.body)
+        body = r.json()
+        self.assertEqual(body["type"], "message")
+        self.assertTrue(r.header("request-id", "").startswith("req_"))
+        self.assertIsNotNone(r.header("anthropic-ratelimit-requests-limit"))
+        rec = self.fake.requests()[-1]
+        self.assertEqual(rec["path"], "/v1/messages?beta=true")
+        self.assertEqual(rec["headers"]["x-api-key"], self.upstream_key)
+        self.assertNotIn("authorization", rec["headers"])
+        self.assertEqual(rec["headers"]["anthropic-version"], "2023-06-01")
+        self.assertEqual(rec["headers"]["anthropic-beta"], "prompt-caching-2024-07-31")
+        for name, value in rec["header_list"]:
+            self.assertNotIn(self.key, value, "proxy key reached the upstream in " + name)
+        self.assertNotIn(self.key.encode(), rec["body"])
+        self.assertEqual(rec["json"]["messages"][0]["content"], "hi")
+
+        row = self.wait_rows(1)[0]
+        self.assertEqual(row["request_id"], r.header("request-id"))
+        self.assertEqual((row["prompt_tokens"], row["completion_tokens"]), (120, 57))
+        self.assertEqual((row["cache_creation_tokens"], row["cache_creation_5m_tokens"],
+                          row["cache_creation_1h_tokens"], row["cache_read_tokens"]),
+                         (300, 100, 200, 4000))
+        self.assertEqual(row["total_tokens"], 120 + 57 + 300 + 4000)
+        self.assertEqual((row["stream"], row["estimated"], row["is_error"], row["attempts"]),
+                         (0, 0, 0, 1))
+        self.assertEqual(row["response_status"], 200)
+        self.assertEqual(row["request_path"], "/v1/messages")
+        self.assertEqual(row["model"], "claude-sonnet-4-5-20250929")
+        self.assertEqual(row["user_agent"], "claude-cli/2.0 (external, cli)")
+        self.assertEqual(row["client_ip"], "127.0.0.1")
+        # Sonnet 4.5 list prices: 3 in, 15 out, 3.75 5m write, 6 1h write, 0.30 read per MTok.
+        want = (120 * 3 + 57 * 15 + 100 * 3.75 + 200 * 6 + 4000 * 0.30) / 1e6
+        self.assertAlmostEqual(row["total_cost"], want, places=9)
+        k = wait_until(lambda: (lambda k: k if k["token_used"] == 4477 else None)(
+            self.key_state()), 10, "token_used on the key")
+        self.assertEqual(k["request_count"], 1)
+
+    def test_bearer_key_is_accepted_and_swapped(self):
+        r = self.relay.request("POST", "/v1/messages", messages_body(),
+                               dict(ANTHROPIC, authorization="Bearer " + self.key))
+        self.assertEqual(r.status, 200, r.body)
+        rec = self.fake.requests()[-1]
+        self.assertEqual(rec["headers"]["x-api-key"], self.upstream_key)
+        self.assertNotIn("authorization", rec["headers"])
+
+    def test_streaming_with_cache_tokens_and_cumulative_delta(self):
+        self.fake.set_usage(start_usage=dict(CACHE_USAGE, output_tokens=1, input_tokens=100),
+                            **CACHE_USAGE)
+        with self.relay.stream("POST", "/v1/messages?beta=true", messages_body(stream=True),
+                               self.hdrs()) as s:
+            self.assertEqual(s.status, 200)
+            self.assertTrue(s.headers["content-type"].startswith("text/event-stream"))
+            self.assertIsNone(s.headers.get("content-length"))
+            events = [ev for _, ev in s.events()]
+        names = [e["event"] for e in events]
+        self.assertEqual(names[0], "message_start")
+        self.assertIn("ping", names)
+        self.assertEqual(names[-2:], ["message_delta", "message_stop"])
+        row = self.wait_rows(1)[0]
+        # message_delta's usage is cumulative and replaces message_start's (input 100 → 120).
+        self.assertEqual((row["prompt_tokens"], row["completion_tokens"]), (120, 57))
+        self.assertEqual((row["cache_creation_tokens"], row["cache_read_tokens"]), (300, 4000))
+        self.assertEqual((row["stream"], row["estimated"], row["is_error"]), (1, 0, 0))
+        self.assertGreater(row["time_to_first_byte_ms"], -1)
+
+    def test_gzip_from_upstream_is_decoded_and_billed(self):
+        self.fake.set_gzip(True)
+        self.fake.set_usage(input_tokens=11, output_tokens=22)
+        accept = {"accept-encoding": "gzip, deflate, br, zstd"}
+        r = self.relay.request("POST", "/v1/messages", messages_body(), self.hdrs(**accept))
+        self.assertEqual(r.status, 200)
+        self.assertEqual(r.json()["usage"]["output_tokens"], 22)
+        with self.relay.stream("POST", "/v1/messages", messages_body(stream=True),
+                               self.hdrs(**accept)) as s:
+            events = [ev for _, ev in s.events()]
+        self.assertEqual(events[-1]["event"], "message_stop")
+        recs = self.fake.requests()
+        self.assertIn("gzip", recs[-1]["headers"].get("accept-encoding", ""))
+        rows = self.wait_rows(2)
+        self.assertEqual([(x["prompt_tokens"], x["completion_tokens"]) for x in rows],
+                         [(11, 22), (11, 22)])
+        self.assertEqual([x["estimated"] for x in rows], [0, 0])
+
+    def test_retries_then_success(self):
+        self.fake.fail_next(2, 529)
+        r = self.relay.request("POST", "/v1/messages", messages_body(), self.hdrs())
+        self.assertEqual(r.status, 200, r.body)
+        self.assertEqual(len(self.fake.requests()), 3)
+        row = self.wait_rows(1)[0]
+        self.assertEqual((row["attempts"], row["is_error"]), (3, 0))
+
+    def test_retry_after_is_honoured(self):
+        self.fake.fail_next(1, 429, retry_after=2)
+        t0 = time.monotonic()
+        r = self.relay.request("POST", "/v1/messages", messages_body(), self.hdrs())
+        self.assertEqual(r.status, 200)
+        recs = self.fake.requests()
+        self.assertEqual(len(recs), 2)
+        self.assertGreaterEqual(recs[1]["time"] - recs[0]["time"], 1.9)
+        self.assertGreaterEqual(time.monotonic() - t0, 1.9)
+
+    def test_retries_exhausted_passes_the_upstream_error(self):
+        self.fake.fail_next(10, 503)
+        r = self.relay.request("POST", "/v1/messages", messages_body(), self.hdrs())
+        self.assertEqual(r.status, 503)
+        self.assertEqual(r.json()["error"]["type"], "api_error")
+        self.assertEqual(len(self.fake.requests()), 4)  # 1 + max_retries (3)
+        row = self.wait_rows(1)[0]
+        self.assertEqual((row["attempts"], row["is_error"], row["response_status"]), (4, 1, 503))
+        self.assertEqual(row["total_tokens"], 0)
+
+    def test_upstream_4xx_is_passed_unchanged_without_retry(self):
+        self.fake.fail_next(1, 400, message="max_tokens: too large")
+        r = self.relay.request("POST", "/v1/messages", messages_body(), self.hdrs())
+        self.assertEqual(r.status, 400)
+        self.assertEqual(r.json()["error"], {"type": "invalid_request_error",
+                                             "message": "max_tokens: too large"})
+        self.assertEqual(len(self.fake.requests()), 1)
+
+    def test_cut_stream_is_estimated_and_the_client_gets_an_error_event(self):
+        self.fake.set_scenario(text="word " * 200, deltas=20)
+        self.fake.cut_after(8)
+        with self.relay.stream("POST", "/v1/messages", messages_body(stream=True),
+                               self.hdrs()) as s:
+            events = [ev for _, ev in s.events()]
+        self.assertEqual(s.status, 200)
+        self.assertEqual(events[-1]["event"], "error")
+        self.assertEqual(events[-1]["data"]["error"]["type"], "api_error")
+        self.assertEqual(len(self.fake.requests()), 1, "no retry once bytes reached the client")
+        row = self.wait_rows(1)[0]
+        self.assertEqual((row["estimated"], row["is_error"], row["stream"]), (1, 1, 1))
+        self.assertEqual(row["prompt_tokens"], 25)  # message_start arrived before the cut
+        self.assertGreater(row["completion_tokens"], 1)  # estimated from the text received
+
+    def test_error_event_after_200(self):
+        self.fake.set_error_after_events(4, "overloaded_error")
+        with self.relay.stream("POST", "/v1/messages", messages_body(stream=True),
+                               self.hdrs()) as s:
+            events = [ev for _, ev in s.events()]
+        self.assertEqual(events[-1]["event"], "error")
+        self.assertEqual(events[-1]["data"]["error"]["type"], "overloaded_error")
+        row = self.wait_rows(1)[0]
+        self.assertEqual((row["is_error"], row["error_code"]), (1, "overloaded_error"))
+
+    def test_client_disconnect_is_billed_with_the_upstream_usage(self):
+        self.fake.set_scenario(text="x" * 400, deltas=30)
+        self.fake.set_delay(per_event_ms=40)
+        self.fake.set_usage(input_tokens=70, output_tokens=333)
+        conn = RawConnection(self.relay.port)
+        conn.send(raw_http_request("POST", "/v1/messages", "127.0.0.1:%d" % self.relay.port,
+                                   self.hdrs(), json.dumps(messages_body(stream=True))))
+        conn.recv_until(b"content_block_delta")
+        conn.abort()
+        self.fake.wait_for_finished(1, timeout=20)
+        rec = self.fake.requests()[0]
+        self.assertTrue(rec.get("completed"), "the relay kept reading the upstream")
+        row = self.wait_rows(1)[0]
+        self.assertEqual((row["prompt_tokens"], row["completion_tokens"]), (70, 333))
+        self.assertEqual(row["estimated"], 0)
+
+    def test_count_tokens_and_models_do_not_consume_quota(self):
+        r = self.relay.request("POST", "/v1/messages/count_tokens", messages_body(), self.hdrs())
+        self.assertEqual(r.status, 200)
+        self.assertIn("input_tokens", r.json())
+        r = self.relay.request("GET", "/v1/models", headers=self.hdrs())
+        self.assertEqual(r.status, 200)
+        self.assertIn("data", r.json())
+        rows = self.wait_rows(2)
+        self.assertEqual([x["total_tokens"] for x in rows], [0, 0])
+        self.assertEqual(self.key_state()["token_used"], 0)
+
+
+class TestEdges(ProxyBase):
+    """Refusals, side traffic and streaming timing (one store is enough)."""
+
+    def test_events_arrive_one_by_one_with_curl_no_buffer(self):
+        self.fake.set_scenario(deltas=6)
+        self.fake.set_delay(per_event_ms=250)
+        cmd = ["curl", "-sS", "--no-buffer", "-X", "POST", self.relay.url + "/v1/messages",
+               "--data-binary", json.dumps(messages_body(stream=True))]
+        for k, v in self.hdrs().items():
+            cmd += ["-H", "%s: %s" % (k, v)]
+        p = subprocess.Popen(cmd, stdout=subprocess.PIPE)
+        times = []
+        t0 = time.monotonic()
+        for line in p.stdout:
+            if line.startswith(b"event:"):
+                times.append(time.monotonic() - t0)
+        self.assertEqual(p.wait(30), 0)
+        self.assertGreaterEqual(len(times), 10)
+        # With 250 ms between events upstream, a relay that collected the stream first would
+        # deliver every event at once at the end.
+        self.assertGreater(times[-1] - times[0], 1.5)
+        gaps = [b - a for a, b in zip(times, times[1:])]
+        self.assertGreaterEqual(sum(1 for g in gaps if g > 0.15), 6)
+
+    def test_base_url_with_v1_is_not_doubled(self):
+        relay = self.start_relay({"UPSTREAM_API_URL": self.fake.url + "/v1/"})
+        key, _ = relay.create_key()
+        r = relay.request("POST", "/v1/messages", messages_body(), dict(ANTHROPIC, **{"x-api-key": key}))
+        self.assertEqual(r.status, 200, r.body)
+        self.assertEqual(self.fake.requests()[-1]["path"], "/v1/messages")
+
+    def test_side_traffic_is_answered_locally(self):
+        self.assertEqual(self.relay.request("HEAD", "/").status, 200)
+        self.assertEqual(self.relay.request("HEAD", "/api/hello").status, 200)
+        r = self.relay.request("POST", "/api/event_logging/batch", {"events": []}, self.hdrs())
+        self.assertEqual(r.status, 200)
+        self.assertEqual(self.fake.requests(), [])
+
+    def test_refusals_use_anthropic_error_json(self):
+        cases = [
+            ({}, 401, "authentication_error"),
+            ({"x-api-key": "sk-proxy-nope_" + "a" * 43}, 401, "authentication_error"),
+            ({"x-api-key": "garbage"}, 401, "authentication_error"),
+        ]
+        for h, status, etype in cases:
+            r = self.relay.request("POST", "/v1/messages", messages_body(), dict(ANTHROPIC, **h))
+            self.assertEqual(r.status, status)
+            js = r.json()
+            self.assertEqual((js["type"], js["error"]["type"]), ("error", etype))
+            self.assertEqual(js["detail"], js["error"]["message"])
+        r = self.relay.request("POST", "/v1/messages", b"{not json", self.hdrs())
+        self.assertEqual(r.status, 400)
+        self.assertEqual(r.json()["error"]["type"], "invalid_request_error")
+        self.assertEqual(self.fake.requests(), [])
+
+    def test_oversized_body_gets_413(self):
+        conn = RawConnection(self.relay.port)
+        head = raw_http_request("POST", "/v1/messages", "127.0.0.1", self.hdrs())
+        conn.send(head.replace(b"\r\n\r\n", b"\r\nContent-Length: 40000000\r\n\r\n", 1))
+        got = conn.recv_until(b"}", timeout=10)
+        conn.close()
+        self.assertIn(b" 413 ", got.split(b"\r\n")[0])
+        self.assertIn(b"request_too_large", got)
+        self.assertEqual(self.fake.requests(), [])
+
+    def test_upstream_unreachable_gives_502_after_retries(self):
+        relay = self.start_relay({"UPSTREAM_API_URL": "http://127.0.0.1:%d" % relaytest.free_port()})
+        key, _ = relay.create_key()
+        r = relay.request("POST", "/v1/messages", messages_body(), dict(ANTHROPIC, **{"x-api-key": key}))
+        self.assertEqual(r.status, 502)
+        self.assertEqual(r.json()["error"]["type"], "api_error")
+
+    def test_no_upstream_key_answers_503(self):
+        relay = self.start_relay({"UPSTREAM_API_KEY": None})
+        relay.wait_for_log("UPSTREAM_API_KEY")
+        key, _ = relay.create_key()
+        r = relay.request("POST", "/v1/messages", messages_body(), dict(ANTHROPIC, **{"x-api-key": key}))
+        self.assertEqual(r.status, 503)
+        self.assertIn("UPSTREAM_API_KEY", r.json()["error"]["message"])
+
+
+if __name__ == "__main__":
+    relaytest.main()
