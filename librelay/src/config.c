@@ -25,6 +25,9 @@
 #define CFG_MAX_PRICES   256
 #define CFG_MAX_ENTRIES  1024 /* entries of one mapping or list */
 
+/* relay_error_set, with the code as the visible result so callers (and analysers) see failure. */
+#define CFG_ERR(err, code, ...) (relay_error_set((err), (code), __VA_ARGS__), (code))
+
 typedef struct dotenv_var {
     const char *key;
     const char *value;
@@ -382,7 +385,7 @@ static int read_file(const char *path, char **data, size_t *len, relay_error_t *
 {
     FILE *f = fopen(path, "rb");
     if (!f)
-        return relay_error_set(err, RELAY_ERR_CONFIG, "%s: cannot open: %s", path, strerror(errno));
+        return CFG_ERR(err, RELAY_ERR_CONFIG, "%s: cannot open: %s", path, strerror(errno));
     relay_buf_t b;
     relay_buf_init(&b, CFG_MAX_FILE);
     char chunk[8192];
@@ -394,17 +397,16 @@ static int read_file(const char *path, char **data, size_t *len, relay_error_t *
     fclose(f);
     if (rc == RELAY_ERR_TOO_LARGE || (!rc && rerr)) {
         relay_buf_free(&b);
-        return rc ? relay_error_set(err, RELAY_ERR_CONFIG, "%s: larger than %d bytes", path,
-                                    CFG_MAX_FILE)
-                  : relay_error_set(err, RELAY_ERR_CONFIG, "%s: read error", path);
+        return rc ? CFG_ERR(err, RELAY_ERR_CONFIG, "%s: larger than %d bytes", path, CFG_MAX_FILE)
+                  : CFG_ERR(err, RELAY_ERR_CONFIG, "%s: read error", path);
     }
     if (rc) {
         relay_buf_free(&b);
-        return relay_error_set(err, rc, "out of memory");
+        return CFG_ERR(err, rc, "out of memory");
     }
     *len = b.len;
     *data = b.data ? relay_buf_detach(&b) : strdup("");
-    return *data ? 0 : relay_error_set(err, RELAY_ERR_NOMEM, "out of memory");
+    return *data ? 0 : CFG_ERR(err, RELAY_ERR_NOMEM, "out of memory");
 }
 
 static int dotenv_add(relay_config_t *c, const char *key, size_t kl, const char *val, size_t vl,
@@ -490,14 +492,13 @@ static int dotenv_line(relay_config_t *c, const char *path, int line, const char
     while (p < end && (*p == ' ' || *p == '\t'))
         p++;
     if (kl == 0 || p == end || *p != '=')
-        return relay_error_set(err, RELAY_ERR_CONFIG, "%s:%d: expected KEY=VALUE", path, line);
+        return CFG_ERR(err, RELAY_ERR_CONFIG, "%s:%d: expected KEY=VALUE", path, line);
     for (p++; p < end && (*p == ' ' || *p == '\t');)
         p++;
     relay_buf_t b;
     relay_buf_init(&b, CFG_MAX_VALUE);
     const char *bad = dotenv_value(p, end, &b);
-    int rc = bad ? relay_error_set(err, RELAY_ERR_CONFIG, "%s:%d: %.*s: %s", path, line, (int)kl,
-                                   key, bad)
+    int rc = bad ? CFG_ERR(err, RELAY_ERR_CONFIG, "%s:%d: %.*s: %s", path, line, (int)kl, key, bad)
                  : dotenv_add(c, key, kl, relay_buf_str(&b), b.len, line);
     relay_buf_free(&b);
     if (rc == RELAY_ERR_NOMEM)
@@ -627,8 +628,8 @@ static int vfail_at(ctx_t *x, unsigned long line, const char *path, const char *
 {
     char what[RELAY_ERRMSG_MAX];
     vsnprintf(what, sizeof what, fmt, ap);
-    return relay_error_set(x->err, RELAY_ERR_CONFIG, "%s:%lu: %s%s%s", x->file, line, path,
-                           *path ? ": " : "", what);
+    return CFG_ERR(x->err, RELAY_ERR_CONFIG, "%s:%lu: %s%s%s", x->file, line, path,
+                   *path ? ": " : "", what);
 }
 
 static int fail_at(ctx_t *x, unsigned long line, const char *path, const char *fmt, ...)
@@ -656,7 +657,7 @@ static int fail(ctx_t *x, const yaml_node_t *n, const char *fmt, ...)
 
 static int nomem(ctx_t *x)
 {
-    return relay_error_set(x->err, RELAY_ERR_NOMEM, "out of memory");
+    return CFG_ERR(x->err, RELAY_ERR_NOMEM, "out of memory");
 }
 
 static int warn_at(ctx_t *x, unsigned long line, const char *path, const char *fmt, ...)
@@ -738,7 +739,7 @@ static int scalar(ctx_t *x, yaml_node_t *n, const char *expect, const char **out
         return 0;
     if (n->type != YAML_SCALAR_NODE)
         return fail(x, n, "expected %s", expect);
-    char *s;
+    char *s = NULL;
     int rc = expand(x, n, (const char *)n->data.scalar.value, n->data.scalar.length, &s);
     if (rc)
         return rc;
@@ -831,7 +832,7 @@ static int get_int(ctx_t *x, yaml_node_t *n, const field_t *f, int64_t *out)
 {
     char eb[64];
     const char *expect = int_expect(f, eb, sizeof eb), *s;
-    int64_t v;
+    int64_t v = 0;
     int rc = scalar(x, n, expect, &s);
     if (rc)
         return rc;
@@ -843,7 +844,7 @@ static int get_int(ctx_t *x, yaml_node_t *n, const field_t *f, int64_t *out)
 
 static int f_int(ctx_t *x, yaml_node_t *n, const field_t *f, void *base)
 {
-    int64_t v;
+    int64_t v = 0;
     int rc = get_int(x, n, f, &v);
     if (!rc)
         *(int *)AT(base, f) = (int)v;
@@ -852,7 +853,7 @@ static int f_int(ctx_t *x, yaml_node_t *n, const field_t *f, void *base)
 
 static int f_i64(ctx_t *x, yaml_node_t *n, const field_t *f, void *base)
 {
-    int64_t v;
+    int64_t v = 0;
     int rc = get_int(x, n, f, &v);
     if (!rc)
         *(int64_t *)AT(base, f) = v;
@@ -861,7 +862,7 @@ static int f_i64(ctx_t *x, yaml_node_t *n, const field_t *f, void *base)
 
 static int f_size(ctx_t *x, yaml_node_t *n, const field_t *f, void *base)
 {
-    int64_t v;
+    int64_t v = 0;
     int rc = get_int(x, n, f, &v);
     if (!rc)
         *(size_t *)AT(base, f) = (size_t)v;
@@ -977,38 +978,35 @@ static int list_add(ctx_t *x, const yaml_node_t *n, const field_t *f, relay_conf
                                      : 0;
 }
 
-/* A list of strings: a YAML sequence, or one comma-separated string. Replaces the default. */
-static int f_list(ctx_t *x, yaml_node_t *n, const field_t *f, void *base)
+/* "a, b ,c" as a list: the original relay's .env habit carried into YAML. */
+static int list_from_string(ctx_t *x, yaml_node_t *n, const field_t *f, relay_config_strlist_t *l)
 {
-    relay_config_strlist_t *l = AT(base, f);
-    strlist_clear(l);
-    if (is_null(n))
-        return 0;
-    if (n->type == YAML_SCALAR_NODE) {
-        const char *s;
-        int rc = scalar(x, n, "a list", &s);
-        for (const char *p = s; !rc && p && *p;) {
-            size_t len = strcspn(p, ",");
-            const char *a = p, *b = p + len;
-            while (a < b && isspace((unsigned char)*a))
-                a++;
-            while (b > a && isspace((unsigned char)b[-1]))
-                b--;
-            char *item = b > a ? own_strndup(x->c, a, (size_t)(b - a)) : NULL;
-            if (b > a)
-                rc = item ? list_add(x, n, f, l, item) : nomem(x);
-            p += len + (p[len] == ',');
+    const char *s;
+    int rc = scalar(x, n, "a list", &s);
+    for (const char *p = s; !rc && p && *p;) {
+        size_t len = strcspn(p, ",");
+        const char *a = p, *b = p + len;
+        while (a < b && isspace((unsigned char)*a))
+            a++;
+        while (b > a && isspace((unsigned char)b[-1]))
+            b--;
+        if (b > a) {
+            char *item = own_strndup(x->c, a, (size_t)(b - a));
+            rc = item ? list_add(x, n, f, l, item) : nomem(x);
         }
-        return rc;
+        p += len + (p[len] == ',');
     }
-    if (n->type != YAML_SEQUENCE_NODE)
-        return fail(x, n, "expected a list");
+    return rc;
+}
+
+static int list_from_sequence(ctx_t *x, yaml_node_t *n, const field_t *f, relay_config_strlist_t *l)
+{
     size_t i = 0;
     for (yaml_node_item_t *it = n->data.sequence.items.start; it < n->data.sequence.items.top;
          it++, i++) {
         yaml_node_t *v = yaml_document_get_node(x->doc, *it);
         size_t mark = path_push_index(x, i);
-        const char *s;
+        const char *s = NULL;
         int rc = v && v->type == YAML_SCALAR_NODE ? scalar(x, v, "a string", &s)
                                                   : fail(x, v, "expected a string");
         if (!rc && s && *s)
@@ -1018,6 +1016,20 @@ static int f_list(ctx_t *x, yaml_node_t *n, const field_t *f, void *base)
             return rc;
     }
     return 0;
+}
+
+/* A list of strings: a YAML sequence, or one comma-separated string. Replaces the default. */
+static int f_list(ctx_t *x, yaml_node_t *n, const field_t *f, void *base)
+{
+    relay_config_strlist_t *l = AT(base, f);
+    strlist_clear(l);
+    if (is_null(n))
+        return 0;
+    if (n->type == YAML_SCALAR_NODE)
+        return list_from_string(x, n, f, l);
+    if (n->type != YAML_SEQUENCE_NODE)
+        return fail(x, n, "expected a list");
+    return list_from_sequence(x, n, f, l);
 }
 
 /* ---- fields that need more than one kind ---- */
@@ -1052,7 +1064,7 @@ static int f_app_host(ctx_t *x, yaml_node_t *n, const field_t *f, void *base)
 
 static int f_app_port(ctx_t *x, yaml_node_t *n, const field_t *f, void *base)
 {
-    int64_t v;
+    int64_t v = 0;
     int rc = get_int(x, n, f, &v);
     if (!rc) {
         x->app_port = (int)v;
@@ -1458,6 +1470,12 @@ static relay_tier_def_t *tier_find(ctx_t *x, const char *name)
     return NULL;
 }
 
+static int tier_same(const relay_tier_def_t *a, const relay_tier_def_t *b)
+{
+    return a->requests == b->requests && a->period_s == b->period_s &&
+           a->tokens_per_minute == b->tokens_per_minute && a->concurrent == b->concurrent;
+}
+
 /*
  * rate_limit.default describes the tier new keys get (api_keys.default_tier, "basic"): it fills
  * that tier when by_tier lacks it, replaces the built-in one, and loses to an explicit by_tier
@@ -1483,9 +1501,10 @@ static int resolve_tiers(ctx_t *x)
             x->tiers[x->n_tiers++] = def;
         else if (!from_yaml)
             *d = def;
-        else if (memcmp(d, &def, sizeof def) != 0)
-            warn_at(x, (unsigned long)x->default_def_line, "rate_limit.default",
-                    "differs from rate_limit.by_tier.%s, which is used", dname);
+        else if (!tier_same(d, &def) &&
+                 warn_at(x, (unsigned long)x->default_def_line, "rate_limit.default",
+                         "differs from rate_limit.by_tier.%s, which is used", dname))
+            return RELAY_ERR_NOMEM;
     } else if (!d && x->default_tier_line) {
         return fail_at(x, (unsigned long)x->default_tier_line, "api_keys.default_tier",
                        "no tier named %s in rate_limit.by_tier", dname);
@@ -1593,7 +1612,7 @@ static int load_yaml(relay_config_t *c, const char *yaml_path, relay_error_t *er
 {
     ctx_t *x = calloc(1, sizeof *x);
     if (!x)
-        return relay_error_set(err, RELAY_ERR_NOMEM, "out of memory");
+        return CFG_ERR(err, RELAY_ERR_NOMEM, "out of memory");
     x->c = c;
     x->err = err;
     const char *path = pick_yaml_path(c, yaml_path);
@@ -1624,9 +1643,8 @@ static int env_fail(relay_config_t *c, relay_error_t *err, const char *name, int
                     const char *what)
 {
     if (line)
-        return relay_error_set(err, RELAY_ERR_CONFIG, "%s:%d: %s: %s", c->env_source, line, name,
-                               what);
-    return relay_error_set(err, RELAY_ERR_CONFIG, "environment: %s: %s", name, what);
+        return CFG_ERR(err, RELAY_ERR_CONFIG, "%s:%d: %s: %s", c->env_source, line, name, what);
+    return CFG_ERR(err, RELAY_ERR_CONFIG, "environment: %s: %s", name, what);
 }
 
 static int env_string(relay_config_t *c, const char *name, const char **dst)
@@ -1656,7 +1674,7 @@ static int apply_env(relay_config_t *c, relay_error_t *err)
     };
     for (size_t i = 0; i < sizeof plain / sizeof plain[0]; i++)
         if (env_string(c, plain[i].name, (const char **)((char *)c + plain[i].off)))
-            return relay_error_set(err, RELAY_ERR_NOMEM, "out of memory");
+            return CFG_ERR(err, RELAY_ERR_NOMEM, "out of memory");
 
     int line;
     const char *v, *bad;
@@ -1664,12 +1682,12 @@ static int apply_env(relay_config_t *c, relay_error_t *err)
         if ((bad = check_http_url(v)))
             return env_fail(c, err, "UPSTREAM_API_URL", line, bad);
         if (!(c->relay.upstream_url = own_strdup(c, v)))
-            return relay_error_set(err, RELAY_ERR_NOMEM, "out of memory");
+            return CFG_ERR(err, RELAY_ERR_NOMEM, "out of memory");
     }
     if ((v = env_get(c, "DATABASE_URL", &line)) && *v) {
         char *s = own_strdup(c, v);
         if (!s)
-            return relay_error_set(err, RELAY_ERR_NOMEM, "out of memory");
+            return CFG_ERR(err, RELAY_ERR_NOMEM, "out of memory");
         if ((bad = norm_db_url(c, s, &c->relay.database_url)))
             return env_fail(c, err, "DATABASE_URL", line, bad);
     }
@@ -1677,7 +1695,7 @@ static int apply_env(relay_config_t *c, relay_error_t *err)
         if ((bad = check_redis_url(v)))
             return env_fail(c, err, "REDIS_URL", line, bad);
         if (!(c->relay.redis_url = own_strdup(c, v)))
-            return relay_error_set(err, RELAY_ERR_NOMEM, "out of memory");
+            return CFG_ERR(err, RELAY_ERR_NOMEM, "out of memory");
     }
     if ((v = env_get(c, "RELAY_LISTEN", &line)) && *v &&
         (bad = parse_listen(v, c->listen, sizeof c->listen)))
@@ -1719,16 +1737,16 @@ int relay_config_load(relay_config_t **out, const char *yaml_path, const char *e
                       relay_error_t *err)
 {
     if (!out)
-        return relay_error_set(err, RELAY_ERR_INVALID, "relay_config_load: out is NULL");
+        return CFG_ERR(err, RELAY_ERR_INVALID, "relay_config_load: out is NULL");
     *out = NULL;
     relay_config_t *c = calloc(1, sizeof *c);
     if (!c || !(c->priv = calloc(1, sizeof *c->priv))) {
         free(c);
-        return relay_error_set(err, RELAY_ERR_NOMEM, "out of memory");
+        return CFG_ERR(err, RELAY_ERR_NOMEM, "out of memory");
     }
     int rc = set_defaults(c);
     if (rc)
-        rc = relay_error_set(err, rc, "out of memory");
+        rc = CFG_ERR(err, rc, "out of memory");
     if (!rc)
         rc = load_dotenv(c, env_path, err);
     if (!rc)

@@ -736,6 +736,25 @@ static void test_empty_file_gives_defaults(void **state)
     relay_config_free(c);
 }
 
+static void test_oversized_file_is_refused(void **state)
+{
+    size_t n = 1024 * 1024 + 2;
+    char *big = malloc(n + 1);
+    assert_non_null(big);
+    for (size_t i = 0; i < n; i++)
+        big[i] = i % 64 == 63 ? '\n' : '#';
+    big[n] = 0;
+    const char *path = tmp_file(big);
+    free(big);
+    relay_config_t *c = NULL;
+    relay_error_t err = {0};
+    char want[128];
+    snprintf(want, sizeof want, "%s: larger than 1048576 bytes", path);
+    assert_int_equal(relay_config_load(&c, path, "", &err), RELAY_ERR_CONFIG);
+    assert_null(c);
+    assert_string_equal(err.message, want);
+}
+
 /* ---- the shipped examples ---- */
 
 static void test_example_files_load(void **state)
@@ -824,6 +843,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_yaml_error_never_shows_the_value, setup, teardown),
         cmocka_unit_test_setup_teardown(test_warning_for_unknown_key_has_position, setup, teardown),
         cmocka_unit_test_setup_teardown(test_empty_file_gives_defaults, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_oversized_file_is_refused, setup, teardown),
         cmocka_unit_test_setup_teardown(test_example_files_load, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
