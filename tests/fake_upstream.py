@@ -314,7 +314,8 @@ class FakeUpstream:
     # ---- observation -------------------------------------------------------------------------
     def requests(self):
         """A copy of every request received (not /_control/), oldest first. Each is a dict:
-        method, path (with query), headers (lower-case names, last value wins), header_list
+        method, path (with query), peer ("ip:port" of the connection), headers (lower-case
+        names, last value wins), header_list
         (name, value pairs as sent), body (bytes), json (parsed body or None), time, and once
         the answer is done: status, events_sent, completed (all bytes written), client_gone."""
         with self._lock:
@@ -537,6 +538,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             "body": body,
             "json": parsed,
             "time": time.time(),
+            "peer": "%s:%d" % self.client_address[:2],  # same peer = same (reused) connection
         }
         self.fake._record(rec)
         self.fake._enter()

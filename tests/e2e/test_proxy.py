@@ -241,6 +241,31 @@ class TestForwarding(ProxyBase):
 class TestEdges(ProxyBase):
     """Refusals, side traffic and streaming timing (one store is enough)."""
 
+    def test_upstream_connection_is_reused(self):
+        for i in range(6):
+            body = messages_body(stream=bool(i % 2))
+            r = self.relay.request("POST", "/v1/messages", body, self.hdrs())
+            self.assertEqual(r.status, 200)
+        self.relay.request("GET", "/v1/models", headers=self.hdrs())
+        peers = {rec["peer"] for rec in self.fake.requests()}
+        self.assertEqual(len(peers), 1, "each request opened a new upstream connection: %s" % peers)
+
+    def test_first_byte_timeout_from_the_configuration(self):
+        cfg = os.path.join(self.relay.workdir, "timeouts.yaml")
+        with open(cfg, "w") as f:
+            f.write("upstream:\n  primary:\n    first_byte_timeout: 1\n    max_retries: 1\n"
+                    "    retry_base_ms: 100\n")
+        relay = self.start_relay({"RELAY_CONFIG": cfg})
+        key, _ = relay.create_key()
+        self.fake.set_delay(first_byte_ms=4000)
+        t0 = time.monotonic()
+        r = relay.request("POST", "/v1/messages", messages_body(), dict(ANTHROPIC, **{"x-api-key": key}))
+        elapsed = time.monotonic() - t0
+        self.assertEqual(r.status, 504)
+        self.assertEqual(r.json()["error"]["type"], "timeout_error")
+        self.assertEqual(len(self.fake.requests()), 2)  # the first try and one retry
+        self.assertLess(elapsed, 4.0)
+
     def test_events_arrive_one_by_one_with_curl_no_buffer(self):
         self.fake.set_scenario(deltas=6)
         self.fake.set_delay(per_event_ms=250)
@@ -317,6 +342,41 @@ class TestEdges(ProxyBase):
         r = relay.request("POST", "/v1/messages", messages_body(), dict(ANTHROPIC, **{"x-api-key": key}))
         self.assertEqual(r.status, 503)
         self.assertIn("UPSTREAM_API_KEY", r.json()["error"]["message"])
+
+
+class TestDatabaseOutage(ProxyBase):
+    """PostgreSQL goes away while requests are served: rows wait in the writer's queue and are
+    all written when it returns; nothing is dropped."""
+
+    STORE = "pg"
+
+    def test_rows_survive_a_database_restart(self):
+        pg_dir = os.environ.get("RELAY_TEST_PG_DIR")
+        if not pg_dir:
+            self.skipTest("RELAY_TEST_PG_DIR unset")
+        script = os.path.join(os.environ["RELAY_SOURCE_DIR"], "scripts", "pg-test-server.sh")
+        self.assertEqual(self.relay.request("POST", "/v1/messages", messages_body(),
+                                            self.hdrs()).status, 200)
+        self.wait_rows(1)
+        subprocess.run(["bash", script, "stop", pg_dir], check=True, capture_output=True, timeout=60)
+        try:
+            # The key is verified from the cache (TTL 5 s), so requests go on while the
+            # database is down; their rows wait in the writer's queue.
+            for _ in range(4):
+                r = self.relay.request("POST", "/v1/messages", messages_body(), self.hdrs())
+                self.assertEqual(r.status, 200, r.body)
+        finally:
+            subprocess.run(["bash", script, "restart", pg_dir], check=True, capture_output=True,
+                           timeout=60)
+        rows = self.wait_rows(5, timeout=30)
+        self.assertEqual(len(rows), 5)
+        self.assertEqual(sum(x["total_tokens"] for x in rows), 5 * 40)
+        metrics = self.relay.request("GET", "/metrics").text
+        drops = [l for l in metrics.splitlines() if l.startswith("relay_usage_write_drops_total")]
+        self.assertEqual(drops, ["relay_usage_write_drops_total 0"])
+        k = wait_until(lambda: (lambda k: k if k["request_count"] == 5 else None)(
+            self.key_state()), 20, "request_count 5")
+        self.assertEqual(k["token_used"], 200)
 
 
 if __name__ == "__main__":
