@@ -162,17 +162,24 @@ class QuotaTest(LimitsBase):
             cls.cfg_path = write_config("usage:\n  reservation_ceiling: %d\n" % CEILING)
         return {"RELAY_CONFIG": cls.cfg_path}
 
-    def reservation(self, max_tokens):
+    def reserved_for(self, max_tokens):
         """What admit reserves for messages_body(max_tokens=...), read from the relay's refusal
-        of a key whose whole quota is 1 token (input estimate + min(max_tokens, ceiling))."""
+        of a key whose whole quota is 1 token."""
         key, obj = self.new_key(token_limit=1)
         r = self.send(key, max_tokens=max_tokens)
         msg = self.assert_error(r, 429, "rate_limit_error")
         m = re.search(r"may use up to (\d+) more", msg)
         self.assertIsNotNone(m, msg)
-        reserve = int(m.group(1))
-        est = reserve - min(max_tokens, CEILING)
+        return int(m.group(1))
+
+    def reservation(self, max_tokens):
+        """(reservation, input estimate) for messages_body(max_tokens=...). The estimate comes
+        from a max_tokens=1 probe, so the ceiling's effect on the reservation is checked, not
+        assumed: reservation = estimate + min(max_tokens, ceiling)."""
+        est = self.reserved_for(1) - 1
         self.assertGreater(est, 0, "the input estimate is part of the reservation")
+        reserve = self.reserved_for(max_tokens)
+        self.assertEqual(reserve, est + min(max_tokens, CEILING))
         return reserve, est
 
     def spend(self, key, billed):
