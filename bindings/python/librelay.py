@@ -19,6 +19,7 @@ must run alone, after every other call returned.
 
 import ctypes
 import ctypes.util
+import json
 import os
 import weakref
 
@@ -270,7 +271,6 @@ class RequestInfo:
 def count_request(body):
     """Estimates a Messages request body (str, bytes or dict); RelayError for non-JSON."""
     if isinstance(body, dict):
-        import json
         body = json.dumps(body)
     data = _b(body)
     info = relay_request_info_t()

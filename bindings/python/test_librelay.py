@@ -10,7 +10,6 @@ LIBRELAY_REQUIRE_LAYOUT=1 turns that skip into a failure.
 
 import ctypes
 import os
-import re
 import shutil
 import subprocess
 import tempfile
