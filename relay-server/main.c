@@ -458,12 +458,21 @@ static int cmd_keys(relay_config_t *cfg, char **args, int n)
     return rc;
 }
 
+static int run(cli_t *c);
+
 int main(int argc, char **argv)
 {
     cli_t c;
     if (parse_cli(argc, argv, &c) != 0)
         return 1;
-    const char *cmd = c.nargs ? c.args[0] : "serve";
+    int rc = run(&c);
+    free(c.args);
+    return rc;
+}
+
+static int run(cli_t *c)
+{
+    const char *cmd = c->nargs ? c->args[0] : "serve";
     if (!strcmp(cmd, "help")) {
         usage(stdout);
         return 0;
@@ -477,17 +486,17 @@ int main(int argc, char **argv)
         usage(stderr);
         return 2;
     }
-    relay_config_t *cfg = load_config(&c);
+    relay_config_t *cfg = load_config(c);
     if (!cfg)
         return 1;
     int rc;
-    if (c.check_config) {
+    if (c->check_config) {
         printf("configuration OK (%s)\n", cfg->source[0] ? cfg->source : "built-in defaults");
         rc = 0;
     } else if (!strcmp(cmd, "migrate")) {
-        rc = cmd_migrate(cfg, c.args, c.nargs);
+        rc = cmd_migrate(cfg, c->args, c->nargs);
     } else if (!strcmp(cmd, "keys")) {
-        rc = cmd_keys(cfg, c.args, c.nargs);
+        rc = cmd_keys(cfg, c->args, c->nargs);
     } else {
         struct sigaction sa;
         memset(&sa, 0, sizeof sa);
@@ -498,6 +507,5 @@ int main(int argc, char **argv)
         rc = cmd_serve(cfg);
     }
     relay_config_free(cfg);
-    free(c.args);
     return rc;
 }
