@@ -101,6 +101,9 @@ static relay_config_t *load_config(const cli_t *c)
     for (size_t i = 0; i < cfg->warnings.n; i++)
         server_log(RELAY_LOG_WARN, "config.warning", NULL, "%s", cfg->warnings.items[i]);
     cfg->relay.log_fn = server_log_fn;
+    /* One database connection per worker at most, so no request waits for another's. */
+    if (cfg->relay.db_pool_size <= 0)
+        cfg->relay.db_pool_size = cfg->worker_threads;
     cfg->relay.log_level = parse_level(cfg->log_level);
     return cfg;
 }

@@ -38,17 +38,18 @@ done
 export RELAY_TEST_REDIS_URL="redis://127.0.0.1:$REDIS_PORT"
 echo "Redis: $RELAY_TEST_REDIS_URL"
 
-run_suite() { # build dir, extra cmake args...
-  local dir=$1; shift
-  cmake -S . -B "$dir" -DCMAKE_BUILD_TYPE=Debug "$@" >/dev/null
+run_suite() { # build dir, build type, extra cmake args...
+  local dir=$1 type=$2; shift 2
+  cmake -S . -B "$dir" -DCMAKE_BUILD_TYPE="$type" "$@" >/dev/null
   cmake --build "$dir" -j"$(nproc)"
   ctest --test-dir "$dir" --output-on-failure --timeout 900
 }
 
-echo "== tests (plain build) =="
-run_suite build-test
+# The optimised build is the one the quick start makes (and -O2 brings warnings -O0 hides).
+echo "== tests (optimised build) =="
+run_suite build-test RelWithDebInfo
 if [[ "${RELAY_SKIP_SANITIZE:-0}" != "1" ]]; then
   echo "== tests (ASan + UBSan build) =="
   ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
-    run_suite build-asan -DRELAY_SANITIZE=address,undefined -DRELAY_BUILD_BENCH=OFF
+    run_suite build-asan Debug -DRELAY_SANITIZE=address,undefined -DRELAY_BUILD_BENCH=OFF
 fi

@@ -116,7 +116,7 @@ void relay_options_init(relay_options_t *o)
     o->max_body_bytes = 32u * 1024 * 1024;
     o->drain_timeout_ms = 30000;
     o->data_dir = "./data";
-    o->db_pool_size = 8;
+    o->db_pool_size = 0;
     o->auto_migrate = -1;
     o->redis_timeout_ms = 200;
     o->key_prefix = "sk-proxy-";

@@ -174,7 +174,7 @@ static int pg_exec(relay_store_conn_t *c, const char *sql, const relay_sql_val_t
         return relay_error_set(err, RELAY_ERR_INTERNAL, "too many SQL parameters");
     /* Every parameter goes as text; the server infers its type from where it is used. */
     char nums[RELAY_SQL_MAX_PARAMS][32];
-    const char *vals[RELAY_SQL_MAX_PARAMS];
+    const char *vals[RELAY_SQL_MAX_PARAMS] = {0};
     for (int i = 0; i < nparams; i++) {
         const relay_sql_val_t *v = &params[i];
         vals[i] = nums[i];

@@ -130,7 +130,7 @@ typedef struct relay_options {
     /* storage */
     const char *database_url; /* NULL: SQLite file relay.db in data_dir; "postgresql://..." */
     const char *data_dir;     /* "./data" */
-    int db_pool_size;         /* 8: PostgreSQL connections (the server sets it to its workers) */
+    int db_pool_size;         /* 0: 8 (relay-server: its worker threads); PostgreSQL connections, opened on demand */
     int auto_migrate;         /* 1 for SQLite, 0 for PostgreSQL unless set: -1 means "by backend" */
     const char *redis_url;    /* NULL: limits in process only */
     int redis_timeout_ms;     /* 200 */
