@@ -1,4 +1,5 @@
-/* http_util: CivetWeb ↔ librelay translation (requests, responses, the streaming sink) and JSON logs. */
+/* http_util: CivetWeb ↔ librelay translation (requests, responses, the streaming sink) and JSON
+ * logs. */
 #include <jansson.h>
 #include <pthread.h>
 #include <stdarg.h>
@@ -33,7 +34,8 @@ static const char *level_name(relay_log_level l)
     }
 }
 
-void server_log_fn(void *ud, relay_log_level level, const char *event, const char *msg, const char *fields_json)
+void server_log_fn(void *ud, relay_log_level level, const char *event, const char *msg,
+                   const char *fields_json)
 {
     (void)ud;
     if (level < g_level)
@@ -68,7 +70,8 @@ void server_log_fn(void *ud, relay_log_level level, const char *event, const cha
     free(line);
 }
 
-void server_log(relay_log_level level, const char *event, const char *fields_json, const char *fmt, ...)
+void server_log(relay_log_level level, const char *event, const char *fields_json, const char *fmt,
+                ...)
 {
     char msg[1024];
     va_list ap;
@@ -79,7 +82,8 @@ void server_log(relay_log_level level, const char *event, const char *fields_jso
 }
 
 /* ---- requests ---- */
-static int read_body(struct mg_connection *conn, server_request_t *req, long long clen, size_t max_body)
+static int read_body(struct mg_connection *conn, server_request_t *req, long long clen,
+                     size_t max_body)
 {
     size_t cap = clen >= 0 ? (size_t)clen : 65536, len = 0;
     req->body = malloc(cap + 1);
@@ -115,7 +119,8 @@ static int read_body(struct mg_connection *conn, server_request_t *req, long lon
     return 0;
 }
 
-int server_request_read(server_t *s, struct mg_connection *conn, server_request_t *req, size_t max_body)
+int server_request_read(server_t *s, struct mg_connection *conn, server_request_t *req,
+                        size_t max_body)
 {
     memset(req, 0, sizeof *req);
     const struct mg_request_info *ri = mg_get_request_info(conn);
@@ -130,16 +135,16 @@ int server_request_read(server_t *s, struct mg_connection *conn, server_request_
     req->http.headers = req->headers;
     req->http.n_headers = (size_t)nh;
     /* The socket peer, unless it is a trusted proxy that says who it forwards for. */
-    if (relay_limits_client_ip(ri->remote_addr, mg_get_header(conn, "X-Forwarded-For"),
-                               mg_get_header(conn, "X-Real-IP"),
-                               (const char *const *)s->cfg->trusted_proxies.items, s->cfg->trusted_proxies.n,
-                               req->client_ip, sizeof req->client_ip) != 0)
+    if (relay_limits_client_ip(
+            ri->remote_addr, mg_get_header(conn, "X-Forwarded-For"),
+            mg_get_header(conn, "X-Real-IP"), (const char *const *)s->cfg->trusted_proxies.items,
+            s->cfg->trusted_proxies.n, req->client_ip, sizeof req->client_ip) != 0)
         snprintf(req->client_ip, sizeof req->client_ip, "%s", ri->remote_addr);
     req->http.client_ip = req->client_ip;
     if (ri->content_length > (long long)max_body) {
         char msg[128];
-        snprintf(msg, sizeof msg, "request body of %lld bytes exceeds the limit of %zu bytes", ri->content_length,
-                 max_body);
+        snprintf(msg, sizeof msg, "request body of %lld bytes exceeds the limit of %zu bytes",
+                 ri->content_length, max_body);
         server_write_error(conn, RELAY_ERR_TOO_LARGE, msg);
         return RELAY_ERR_TOO_LARGE;
     }
@@ -170,8 +175,8 @@ void server_write_response(struct mg_connection *conn, const relay_http_response
     snprintf(clen, sizeof clen, "%zu", resp->body_len);
     mg_response_header_start(conn, resp->status);
     if (resp->body_len || resp->content_type[0])
-        mg_response_header_add(conn, "Content-Type", resp->content_type[0] ? resp->content_type : "application/json",
-                               -1);
+        mg_response_header_add(conn, "Content-Type",
+                               resp->content_type[0] ? resp->content_type : "application/json", -1);
     for (size_t i = 0; i < resp->n_headers; i++)
         mg_response_header_add(conn, resp->headers[i].name, resp->headers[i].value, -1);
     mg_response_header_add(conn, "Content-Length", clen, -1);
@@ -182,7 +187,8 @@ void server_write_response(struct mg_connection *conn, const relay_http_response
 
 void server_write_json(struct mg_connection *conn, int status, const char *json)
 {
-    relay_http_response_t resp = {.status = status, .body = (char *)json, .body_len = json ? strlen(json) : 0};
+    relay_http_response_t resp = {
+        .status = status, .body = (char *)json, .body_len = json ? strlen(json) : 0};
     snprintf(resp.content_type, sizeof resp.content_type, "application/json");
     server_write_response(conn, &resp);
 }

@@ -27,20 +27,24 @@ static void on_signal(int sig)
 
 static void usage(FILE *f)
 {
-    fprintf(f, "relay-server %s: a Claude API relay\n\n"
-               "Usage:\n"
-               "  relay-server [serve] [--config FILE] [--env-file FILE]   run the server (default)\n"
-               "  relay-server --check-config [--config FILE]              validate the configuration and exit\n"
-               "  relay-server migrate up | down [N] | status              manage the database schema\n"
-               "  relay-server keys create --name NAME [--token-limit N] [--tier TIER]\n"
-               "                           [--description TEXT] [--expires-in-days N]\n"
-               "  relay-server keys list                                   list keys (no secrets)\n"
-               "  relay-server version\n"
-               "  relay-server --help\n\n"
-               "Configuration: .env, then config.yaml ($RELAY_CONFIG), then the environment\n"
-               "(UPSTREAM_API_KEY, UPSTREAM_API_URL, ADMIN_USERNAME, ADMIN_PASSWORD, SECRET_KEY,\n"
-               "DATABASE_URL, REDIS_URL, RELAY_LISTEN, RELAY_DATA_DIR, LOG_LEVEL). See docs/configuration.md.\n",
-            relay_version());
+    fprintf(
+        f,
+        "relay-server %s: a Claude API relay\n\n"
+        "Usage:\n"
+        "  relay-server [serve] [--config FILE] [--env-file FILE]   run the server (default)\n"
+        "  relay-server --check-config [--config FILE]              validate the configuration and "
+        "exit\n"
+        "  relay-server migrate up | down [N] | status              manage the database schema\n"
+        "  relay-server keys create --name NAME [--token-limit N] [--tier TIER]\n"
+        "                           [--description TEXT] [--expires-in-days N]\n"
+        "  relay-server keys list                                   list keys (no secrets)\n"
+        "  relay-server version\n"
+        "  relay-server --help\n\n"
+        "Configuration: .env, then config.yaml ($RELAY_CONFIG), then the environment\n"
+        "(UPSTREAM_API_KEY, UPSTREAM_API_URL, ADMIN_USERNAME, ADMIN_PASSWORD, SECRET_KEY,\n"
+        "DATABASE_URL, REDIS_URL, RELAY_LISTEN, RELAY_DATA_DIR, LOG_LEVEL). See "
+        "docs/configuration.md.\n",
+        relay_version());
 }
 
 static relay_log_level parse_level(const char *s)
@@ -116,7 +120,8 @@ static int ensure_secret_key(relay_config_t *cfg, char *buf, size_t cap)
     const char *dir = cfg->relay.data_dir && *cfg->relay.data_dir ? cfg->relay.data_dir : "./data";
     char path[4096];
     if (mkdir(dir, 0700) != 0 && errno != EEXIST) {
-        fprintf(stderr, "relay-server: cannot create data directory %s: %s\n", dir, strerror(errno));
+        fprintf(stderr, "relay-server: cannot create data directory %s: %s\n", dir,
+                strerror(errno));
         return -1;
     }
     snprintf(path, sizeof path, "%s/secret_key", dir);
@@ -175,7 +180,8 @@ static int handler(struct mg_connection *conn, void *cbdata)
     if (__atomic_load_n(&s->stopping, __ATOMIC_SEQ_CST)) {
         /* Draining: requests already running finish, new ones are turned away. */
         relay_http_response_t resp = {0};
-        relay_http_response_error(&resp, RELAY_ERR_UNAVAILABLE, "the relay is shutting down; retry shortly");
+        relay_http_response_error(&resp, RELAY_ERR_UNAVAILABLE,
+                                  "the relay is shutting down; retry shortly");
         relay_http_response_add_header(&resp, "Connection", "close");
         relay_http_response_add_header(&resp, "Retry-After", "1");
         server_write_response(conn, &resp);
@@ -223,21 +229,36 @@ static void *stop_thread(void *arg)
 static int start_civetweb(server_t *s)
 {
     if (s->cfg->listen[0] == '[' && !mg_check_feature(8)) {
-        fprintf(stderr, "relay-server: listen %s: this CivetWeb build has no IPv6 support; use an IPv4 address\n",
+        fprintf(stderr,
+                "relay-server: listen %s: this CivetWeb build has no IPv6 support; use an IPv4 "
+                "address\n",
                 s->cfg->listen);
         return -1;
     }
     char threads[16];
     snprintf(threads, sizeof threads, "%d", s->cfg->worker_threads);
-    const char *opts[] = {"listening_ports", s->cfg->listen, "num_threads", threads, "enable_keep_alive", "yes",
-                          "keep_alive_timeout_ms", "30000", "request_timeout_ms", "120000", "max_request_size",
-                          "65536", "decode_url", "yes", NULL};
+    const char *opts[] = {"listening_ports",
+                          s->cfg->listen,
+                          "num_threads",
+                          threads,
+                          "enable_keep_alive",
+                          "yes",
+                          "keep_alive_timeout_ms",
+                          "30000",
+                          "request_timeout_ms",
+                          "120000",
+                          "max_request_size",
+                          "65536",
+                          "decode_url",
+                          "yes",
+                          NULL};
     struct mg_callbacks cb;
     memset(&cb, 0, sizeof cb);
     mg_init_library(0);
     s->ctx = mg_start(&cb, s, opts);
     if (!s->ctx) {
-        fprintf(stderr, "relay-server: cannot listen on %s (address in use or invalid)\n", s->cfg->listen);
+        fprintf(stderr, "relay-server: cannot listen on %s (address in use or invalid)\n",
+                s->cfg->listen);
         return -1;
     }
     mg_set_request_handler(s->ctx, "/", handler, s);
@@ -260,7 +281,8 @@ static int wait_and_stop(server_t *s)
     while (!g_stop)
         sleep_ms(100);
     __atomic_store_n(&s->stopping, 1, __ATOMIC_SEQ_CST);
-    server_log(RELAY_LOG_INFO, "shutdown.begin", NULL, "stopping: new requests refused, %d s for requests in flight",
+    server_log(RELAY_LOG_INFO, "shutdown.begin", NULL,
+               "stopping: new requests refused, %d s for requests in flight",
                s->cfg->shutdown_grace_s);
     int64_t waited = 0, grace_ms = (int64_t)s->cfg->shutdown_grace_s * 1000;
     while (__atomic_load_n(&s->inflight, __ATOMIC_SEQ_CST) > 0 && waited < grace_ms) {
@@ -305,8 +327,9 @@ static int cmd_serve(relay_config_t *cfg)
                cfg->relay.admin_username, pw);
         fflush(stdout);
         explicit_bzero(pw, sizeof pw);
-        server_log(RELAY_LOG_WARN, "admin.password_generated", NULL,
-                   "no ADMIN_PASSWORD configured: generated one and printed it once on standard output");
+        server_log(
+            RELAY_LOG_WARN, "admin.password_generated", NULL,
+            "no ADMIN_PASSWORD configured: generated one and printed it once on standard output");
     }
     if (!cfg->relay.upstream_api_key || !*cfg->relay.upstream_api_key)
         server_log(RELAY_LOG_WARN, "upstream.no_key", NULL,
@@ -316,9 +339,10 @@ static int cmd_serve(relay_config_t *cfg)
         return 1;
     }
     char fields[256];
-    snprintf(fields, sizeof fields, "{\"listen\":\"%s\",\"workers\":%d,\"version\":\"%s\"}", cfg->listen,
-             cfg->worker_threads, relay_version());
-    server_log(RELAY_LOG_INFO, "server.started", fields, "relay-server listening on http://%s", cfg->listen);
+    snprintf(fields, sizeof fields, "{\"listen\":\"%s\",\"workers\":%d,\"version\":\"%s\"}",
+             cfg->listen, cfg->worker_threads, relay_version());
+    server_log(RELAY_LOG_INFO, "server.started", fields, "relay-server listening on http://%s",
+               cfg->listen);
     return wait_and_stop(&s);
 }
 
@@ -357,8 +381,8 @@ static int cmd_migrate(relay_config_t *cfg, char **args, int n)
             struct tm tm;
             gmtime_r(&t, &tm);
             strftime(when, sizeof when, "%Y-%m-%dT%H:%M:%SZ", &tm);
-            printf("%04d  %-32s %s%s\n", m[i].version, m[i].name, m[i].applied ? "applied " : "pending",
-                   m[i].applied ? when : "");
+            printf("%04d  %-32s %s%s\n", m[i].version, m[i].name,
+                   m[i].applied ? "applied " : "pending", m[i].applied ? when : "");
         }
         free(m);
     } else {
@@ -426,16 +450,18 @@ static int cmd_keys_list(relay_t *r)
     size_t n = 0;
     int64_t total = 0;
     relay_error_t err = {0};
-    printf("%-36s  %-24s %-20s %-10s %12s %12s  %s\n", "ID", "NAME", "PREFIX", "TIER", "USED", "LIMIT", "STATE");
+    printf("%-36s  %-24s %-20s %-10s %12s %12s  %s\n", "ID", "NAME", "PREFIX", "TIER", "USED",
+           "LIMIT", "STATE");
     for (int64_t skip = 0;; skip += 1000) {
         if (relay_keys_list(r, RELAY_KEYS_ALL, skip, 1000, &recs, &n, &total, &err) != 0) {
             fprintf(stderr, "relay-server: keys list: %s\n", err.message);
             return 1;
         }
         for (size_t i = 0; i < n; i++)
-            printf("%-36s  %-24.24s %-20.20s %-10.10s %12lld %12lld  %s\n", recs[i].id, recs[i].name,
-                   recs[i].key_prefix, recs[i].rate_limit_tier, (long long)recs[i].token_used,
-                   (long long)recs[i].token_limit, recs[i].is_active ? "active" : "disabled");
+            printf("%-36s  %-24.24s %-20.20s %-10.10s %12lld %12lld  %s\n", recs[i].id,
+                   recs[i].name, recs[i].key_prefix, recs[i].rate_limit_tier,
+                   (long long)recs[i].token_used, (long long)recs[i].token_limit,
+                   recs[i].is_active ? "active" : "disabled");
         relay_key_records_free(recs, n);
         if (skip + 1000 >= total)
             break;

@@ -1,4 +1,5 @@
-/* routes_proxy: everything outside the relay's own routes goes to the upstream through relay_proxy. */
+/* routes_proxy: everything outside the relay's own routes goes to the upstream through relay_proxy.
+ */
 #include <stdio.h>
 #include <string.h>
 
@@ -8,12 +9,14 @@
 /* Claude Code's side traffic that needs no upstream: connectivity probes and telemetry. */
 static int side_traffic(server_t *s, struct mg_connection *conn, const relay_http_request_t *req)
 {
-    if (!strcmp(req->method, "HEAD") && (!strcmp(req->path, "/") || !strcmp(req->path, "/api/hello"))) {
+    if (!strcmp(req->method, "HEAD") &&
+        (!strcmp(req->path, "/") || !strcmp(req->path, "/api/hello"))) {
         relay_http_response_t resp = {.status = 200};
         server_write_response(conn, &resp);
         return 1;
     }
-    if (!strcmp(req->method, "POST") && !strncmp(req->path, "/api/event_logging/", 19) && !s->cfg->forward_event_logging) {
+    if (!strcmp(req->method, "POST") && !strncmp(req->path, "/api/event_logging/", 19) &&
+        !s->cfg->forward_event_logging) {
         server_write_json(conn, 200, "{}");
         return 1;
     }
@@ -41,9 +44,12 @@ int route_proxy(server_t *s, struct mg_connection *conn, server_request_t *req)
     if (res.fwd.attempts > 1 || res.fwd.cut || res.fwd.client_gone) {
         char fields[512];
         snprintf(fields, sizeof fields,
-                 "{\"key_id\":\"%s\",\"status\":%d,\"attempts\":%d,\"cut\":%d,\"client_gone\":%d,\"estimated\":%d}",
-                 res.key_id, res.status, res.fwd.attempts, res.fwd.cut, res.fwd.client_gone, res.fwd.estimated);
-        server_log(RELAY_LOG_INFO, "proxy.request", fields, "%s %s", req->http.method, req->http.path);
+                 "{\"key_id\":\"%s\",\"status\":%d,\"attempts\":%d,\"cut\":%d,\"client_gone\":%d,"
+                 "\"estimated\":%d}",
+                 res.key_id, res.status, res.fwd.attempts, res.fwd.cut, res.fwd.client_gone,
+                 res.fwd.estimated);
+        server_log(RELAY_LOG_INFO, "proxy.request", fields, "%s %s", req->http.method,
+                   req->http.path);
     }
     return 1;
 }

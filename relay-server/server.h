@@ -20,9 +20,10 @@ typedef struct server {
 } server_t;
 
 /* ---- logging (http_util.c): one JSON object a line on stderr ---- */
-void server_log_fn(void *ud, relay_log_level level, const char *event, const char *msg, const char *fields_json);
-void server_log(relay_log_level level, const char *event, const char *fields_json, const char *fmt, ...)
-    __attribute__((format(printf, 4, 5)));
+void server_log_fn(void *ud, relay_log_level level, const char *event, const char *msg,
+                   const char *fields_json);
+void server_log(relay_log_level level, const char *event, const char *fields_json, const char *fmt,
+                ...) __attribute__((format(printf, 4, 5)));
 void server_set_log_level(relay_log_level level);
 
 /* ---- requests (http_util.c) ---- */
@@ -40,7 +41,8 @@ typedef struct server_request {
  * Reads the request (body up to max_body bytes) into req. Returns 0, or RELAY_ERR_TOO_LARGE
  * (answered 413 already) / RELAY_ERR_IO (client gone; nothing to answer).
  */
-int server_request_read(server_t *s, struct mg_connection *conn, server_request_t *req, size_t max_body);
+int server_request_read(server_t *s, struct mg_connection *conn, server_request_t *req,
+                        size_t max_body);
 void server_request_free(server_request_t *req);
 
 /* Writes a complete response (status, headers, body) with a content-length. */
@@ -56,7 +58,8 @@ void server_sink_init(relay_sink_t *sink, struct mg_connection *conn);
 int route_proxy(server_t *s, struct mg_connection *conn, server_request_t *req);
 int route_admin(server_t *s, struct mg_connection *conn, server_request_t *req);
 int route_health(server_t *s, struct mg_connection *conn, server_request_t *req);
-/* routes_user.c: /api/usage...; route_stats_admin returns 0 when the path is not a statistics one. */
+/* routes_user.c: /api/usage...; route_stats_admin returns 0 when the path is not a statistics one.
+ */
 int route_user(server_t *s, struct mg_connection *conn, server_request_t *req);
 int route_stats_admin(server_t *s, struct mg_connection *conn, server_request_t *req);
 /* routes_metrics.c: GET metrics_path; and the metrics key label and alert settings at start. */

@@ -6,10 +6,10 @@
 #include <stddef.h>
 
 typedef struct relay_buf {
-    char *data;  /* always NUL-terminated when not NULL */
+    char *data; /* always NUL-terminated when not NULL */
     size_t len;
     size_t alloc;
-    size_t cap;  /* most bytes it may ever hold (excluding the NUL) */
+    size_t cap; /* most bytes it may ever hold (excluding the NUL) */
 } relay_buf_t;
 
 /* An empty buffer that refuses to grow past cap bytes. */

@@ -1,4 +1,5 @@
-/* forward: libcurl to the upstream with the key swapped, streaming to the host's sink, with retries. */
+/* forward: libcurl to the upstream with the key swapped, streaming to the host's sink, with
+ * retries. */
 #include <curl/curl.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -15,8 +16,8 @@
 #include "util.h"
 
 #define MAX_RESP_HEADERS 64
-#define JSON_BODY_CAP (16u * 1024 * 1024) /* non-streaming answers kept for their usage */
-#define ERR_BODY_CAP (64u * 1024)         /* a retried attempt's error body, for the log */
+#define JSON_BODY_CAP    (16u * 1024 * 1024) /* non-streaming answers kept for their usage */
+#define ERR_BODY_CAP     (64u * 1024)        /* a retried attempt's error body, for the log */
 
 /* ---- shared upstream connections: one share handle, a pool of easy handles ---- */
 struct relay_forward_state {
@@ -154,17 +155,29 @@ int relay_forward_url(relay_t *r, const char *path, const char *query, char *out
     if (bl >= 3 && strncmp(base + bl - 3, "/v1", 3) == 0 &&
         (strncmp(path, "/v1/", 4) == 0 || strcmp(path, "/v1") == 0))
         bl -= 3;
-    int n = snprintf(out, cap, "%.*s%s%s%s", (int)bl, base, path, query && *query ? "?" : "", query ? query : "");
+    int n = snprintf(out, cap, "%.*s%s%s%s", (int)bl, base, path, query && *query ? "?" : "",
+                     query ? query : "");
     return n < 0 || (size_t)n >= cap ? RELAY_ERR_TOO_LARGE : 0;
 }
 
 /* Headers that describe one connection, or that the relay itself sets, never cross it. */
 static int is_hop_or_owned_request_header(const char *name)
 {
-    static const char *const drop[] = {"host",        "content-length",    "connection",    "keep-alive",
-                                       "proxy-connection", "proxy-authorization", "te",      "trailer",
-                                       "transfer-encoding", "upgrade",          "x-api-key",     "authorization",
-                                       "accept-encoding",   "expect",           "http2-settings"};
+    static const char *const drop[] = {"host",
+                                       "content-length",
+                                       "connection",
+                                       "keep-alive",
+                                       "proxy-connection",
+                                       "proxy-authorization",
+                                       "te",
+                                       "trailer",
+                                       "transfer-encoding",
+                                       "upgrade",
+                                       "x-api-key",
+                                       "authorization",
+                                       "accept-encoding",
+                                       "expect",
+                                       "http2-settings"};
     for (size_t i = 0; i < sizeof drop / sizeof drop[0]; i++)
         if (strcasecmp(name, drop[i]) == 0)
             return 1;
@@ -173,16 +186,18 @@ static int is_hop_or_owned_request_header(const char *name)
 
 static int is_hop_or_framing_response_header(const char *name)
 {
-    static const char *const drop[] = {"connection",       "keep-alive",      "proxy-connection", "te",
-                                       "trailer",          "transfer-encoding", "upgrade",        "content-length",
-                                       "content-encoding", "proxy-authenticate", "set-cookie"};
+    static const char *const drop[] = {
+        "connection",       "keep-alive",         "proxy-connection", "te",
+        "trailer",          "transfer-encoding",  "upgrade",          "content-length",
+        "content-encoding", "proxy-authenticate", "set-cookie"};
     for (size_t i = 0; i < sizeof drop / sizeof drop[0]; i++)
         if (strcasecmp(name, drop[i]) == 0)
             return 1;
     return 0;
 }
 
-static struct curl_slist *build_request_headers(relay_t *r, const relay_http_request_t *req, int *err)
+static struct curl_slist *build_request_headers(relay_t *r, const relay_http_request_t *req,
+                                                int *err)
 {
     struct curl_slist *list = NULL, *tmp;
     relay_buf_t line;
@@ -227,8 +242,8 @@ typedef struct fwd {
     relay_forward_result_t *res;
     /* per attempt */
     int status;
-    int discard;          /* this attempt will be retried: swallow its body */
-    int retry_after_s;    /* the upstream's retry-after, -1 when absent */
+    int discard;           /* this attempt will be retried: swallow its body */
+    int retry_after_s;     /* the upstream's retry-after, -1 when absent */
     relay_buf_t hdr_store; /* response header lines "name\0value\0" */
     relay_http_header_t hdrs[MAX_RESP_HEADERS];
     size_t n_hdrs;
@@ -432,8 +447,8 @@ static void write_relay_error(fwd_t *f, int code, const char *msg)
     f->head_sent = 1;
 }
 
-void relay_forward_write_error(const relay_sink_t *sink, int head_sent, int is_sse, int code, const char *msg,
-                               int *client_gone)
+void relay_forward_write_error(const relay_sink_t *sink, int head_sent, int is_sse, int code,
+                               const char *msg, int *client_gone)
 {
     if (*client_gone)
         return;
@@ -492,7 +507,8 @@ static void complete_usage(fwd_t *f, const relay_http_request_t *req)
      * was still charged for what it produced. */
     if (res->status < 200 || res->status >= 300 || !relay_forward_is_billable(req))
         return;
-    int complete = f->is_sse ? res->usage.saw_message_stop && res->usage.has_final : res->usage.has_usage;
+    int complete =
+        f->is_sse ? res->usage.saw_message_stop && res->usage.has_final : res->usage.has_usage;
     if (complete)
         return;
     res->estimated = 1;
@@ -545,9 +561,11 @@ static CURLcode run_attempt(fwd_t *f, CURL *h, int attempt)
 static void log_retry(fwd_t *f, int attempt, CURLcode cc, int wait)
 {
     char fields[192];
-    snprintf(fields, sizeof fields, "{\"attempt\":%d,\"status\":%d,\"wait_ms\":%d}", attempt + 1, f->status, wait);
-    relay_log(f->r, RELAY_LOG_WARN, "upstream.retry", fields, "upstream attempt %d failed (%s); retrying",
-              attempt + 1, cc != CURLE_OK ? curl_easy_strerror(cc) : "retryable status");
+    snprintf(fields, sizeof fields, "{\"attempt\":%d,\"status\":%d,\"wait_ms\":%d}", attempt + 1,
+             f->status, wait);
+    relay_log(f->r, RELAY_LOG_WARN, "upstream.retry", fields,
+              "upstream attempt %d failed (%s); retrying", attempt + 1,
+              cc != CURLE_OK ? curl_easy_strerror(cc) : "retryable status");
     relay_forward_count_retry(f->r);
 }
 
@@ -567,7 +585,8 @@ static int perform(fwd_t *f, CURL *h, const relay_http_request_t *req)
         /* The last attempt was still a retryable status (retries were exhausted or not allowed):
          * the client gets it as the upstream said it. */
         send_head(f);
-        if (!f->res->client_gone && f->err_body.len && f->sink->body(f->sink->ud, f->err_body.data, f->err_body.len))
+        if (!f->res->client_gone && f->err_body.len &&
+            f->sink->body(f->sink->ud, f->err_body.data, f->err_body.len))
             client_left(f);
         f->res->response_bytes += (int64_t)f->err_body.len;
         if (!f->is_sse)
@@ -578,7 +597,8 @@ static int perform(fwd_t *f, CURL *h, const relay_http_request_t *req)
     if (!f->head_sent) {
         int timeout = cc == CURLE_OPERATION_TIMEDOUT || f->abort_reason == ABORT_FIRST_BYTE;
         write_relay_error(f, timeout ? RELAY_ERR_UPSTREAM_TIMEOUT : RELAY_ERR_UPSTREAM,
-                          timeout ? "upstream did not answer in time" : "could not reach the upstream API");
+                          timeout ? "upstream did not answer in time"
+                                  : "could not reach the upstream API");
         return f->res->error_code;
     }
     if (f->abort_reason == ABORT_DRAIN)
@@ -591,7 +611,8 @@ static int perform(fwd_t *f, CURL *h, const relay_http_request_t *req)
     return 0;
 }
 
-int relay_forward(relay_t *r, const relay_http_request_t *req, const relay_sink_t *sink, relay_forward_result_t *res)
+int relay_forward(relay_t *r, const relay_http_request_t *req, const relay_sink_t *sink,
+                  relay_forward_result_t *res)
 {
     memset(res, 0, sizeof *res);
     fwd_t f = {.r = r, .sink = sink, .res = res};
@@ -599,7 +620,8 @@ int relay_forward(relay_t *r, const relay_http_request_t *req, const relay_sink_
     res->request_bytes = (int64_t)req->body_len;
     if (!r->opts.upstream_api_key || !*r->opts.upstream_api_key) {
         write_relay_error(&f, RELAY_ERR_UNAVAILABLE,
-                          "no upstream API key is configured: set UPSTREAM_API_KEY (or upstream.primary.api_key)");
+                          "no upstream API key is configured: set UPSTREAM_API_KEY (or "
+                          "upstream.primary.api_key)");
         return res->error_code;
     }
     char url[8192];

@@ -10,8 +10,8 @@
 int relay_forward_start(relay_t *r, relay_error_t *err);
 void relay_forward_stop(relay_t *r);
 /* Writes Anthropic error JSON (or, once a stream's head is out, an SSE error event) to sink. */
-void relay_forward_write_error(const relay_sink_t *sink, int head_sent, int is_sse, int code, const char *msg,
-                               int *client_gone);
+void relay_forward_write_error(const relay_sink_t *sink, int head_sent, int is_sse, int code,
+                               const char *msg, int *client_gone);
 void relay_forward_count_retry(relay_t *r);
 /* Is req a call the upstream bills (a Messages or legacy Complete request)? */
 int relay_forward_is_billable(const relay_http_request_t *req);

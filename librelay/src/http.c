@@ -74,7 +74,8 @@ void relay_http_response_error(relay_http_response_t *resp, int code, const char
     relay_http_response_set(resp, relay_err_http_status(code), relay_error_json(code, message));
 }
 
-void relay_http_response_add_header(relay_http_response_t *resp, const char *name, const char *value)
+void relay_http_response_add_header(relay_http_response_t *resp, const char *name,
+                                    const char *value)
 {
     if (resp->n_headers >= RELAY_HTTP_MAX_RESP_HEADERS)
         return;

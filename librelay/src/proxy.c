@@ -31,7 +31,8 @@ const char *relay_proxy_request_key(const relay_http_request_t *req, char *buf, 
 }
 
 /* Writes a complete response (a refusal) through the sink. */
-static void sink_write_response(const relay_sink_t *sink, const relay_http_response_t *resp, int *gone)
+static void sink_write_response(const relay_sink_t *sink, const relay_http_response_t *resp,
+                                int *gone)
 {
     relay_http_header_t h[RELAY_HTTP_MAX_RESP_HEADERS + 1];
     size_t n = 0;
@@ -41,12 +42,13 @@ static void sink_write_response(const relay_sink_t *sink, const relay_http_respo
         h[n].name = resp->headers[i].name;
         h[n++].value = resp->headers[i].value;
     }
-    if (sink->head(sink->ud, resp->status, h, n) != 0 || (resp->body_len && sink->body(sink->ud, resp->body, resp->body_len)))
+    if (sink->head(sink->ud, resp->status, h, n) != 0 ||
+        (resp->body_len && sink->body(sink->ud, resp->body, resp->body_len)))
         *gone = 1;
 }
 
-static int refuse(const relay_sink_t *sink, relay_proxy_result_t *res, int code, const char *msg, const char *reason,
-                  const relay_admission_t *adm)
+static int refuse(const relay_sink_t *sink, relay_proxy_result_t *res, int code, const char *msg,
+                  const char *reason, const relay_admission_t *adm)
 {
     relay_http_response_t resp = {0};
     relay_http_response_error(&resp, code, msg);
@@ -68,8 +70,9 @@ static int is_messages_path(const relay_http_request_t *req)
 }
 
 /* The usage row of a forwarded (or refused) request. */
-static void fill_row(relay_t *r, relay_usage_row_t *row, const relay_http_request_t *req, const relay_key_record_t *key,
-                     const relay_proxy_result_t *res, const char *model)
+static void fill_row(relay_t *r, relay_usage_row_t *row, const relay_http_request_t *req,
+                     const relay_key_record_t *key, const relay_proxy_result_t *res,
+                     const char *model)
 {
     const relay_forward_result_t *f = &res->fwd;
     const relay_usage_t *u = &f->usage;
@@ -89,7 +92,8 @@ static void fill_row(relay_t *r, relay_usage_row_t *row, const relay_http_reques
     row->cache_creation_5m_tokens = u->cache_creation_5m_tokens;
     row->cache_creation_1h_tokens = u->cache_creation_1h_tokens;
     row->cache_read_tokens = u->cache_read_input_tokens;
-    row->total_tokens = u->input_tokens + u->output_tokens + u->cache_creation_input_tokens + u->cache_read_input_tokens;
+    row->total_tokens = u->input_tokens + u->output_tokens + u->cache_creation_input_tokens +
+                        u->cache_read_input_tokens;
     row->billed_tokens = res->billed_tokens;
     row->total_cost = res->cost;
     relay_strlcpy(row->model, u->model[0] ? u->model : model, sizeof row->model);
@@ -108,17 +112,18 @@ static void fill_row(relay_t *r, relay_usage_row_t *row, const relay_http_reques
 }
 
 /* Stage 4: the reservation settled to the real usage, the row queued. */
-static void settle(relay_t *r, const relay_http_request_t *req, const relay_key_record_t *key, relay_admission_t *adm,
-                   relay_proxy_result_t *res, const char *model)
+static void settle(relay_t *r, const relay_http_request_t *req, const relay_key_record_t *key,
+                   relay_admission_t *adm, relay_proxy_result_t *res, const char *model)
 {
     const relay_usage_t *u = &res->fwd.usage;
-    res->billed_tokens = relay_limits_billed_tokens(r, u->input_tokens, u->output_tokens,
-                                                    u->cache_creation_input_tokens, u->cache_read_input_tokens);
+    res->billed_tokens =
+        relay_limits_billed_tokens(r, u->input_tokens, u->output_tokens,
+                                   u->cache_creation_input_tokens, u->cache_read_input_tokens);
     int64_t c5 = u->cache_creation_5m_tokens, c1 = u->cache_creation_1h_tokens;
     if (c5 + c1 < u->cache_creation_input_tokens)
         c5 = u->cache_creation_input_tokens - c1; /* no split given: the 5-minute price applies */
-    res->cost = relay_usage_cost(r, u->model[0] ? u->model : model, u->input_tokens, u->output_tokens, c5, c1,
-                                 u->cache_read_input_tokens, NULL);
+    res->cost = relay_usage_cost(r, u->model[0] ? u->model : model, u->input_tokens,
+                                 u->output_tokens, c5, c1, u->cache_read_input_tokens, NULL);
     if (adm)
         relay_limits_settle(r, adm, res->billed_tokens);
     relay_usage_row_t row;
@@ -126,15 +131,17 @@ static void settle(relay_t *r, const relay_http_request_t *req, const relay_key_
     relay_usage_record(r, &row);
 }
 
-int relay_proxy(relay_t *r, const relay_http_request_t *req, const relay_sink_t *sink, relay_proxy_result_t *res)
+int relay_proxy(relay_t *r, const relay_http_request_t *req, const relay_sink_t *sink,
+                relay_proxy_result_t *res)
 {
     memset(res, 0, sizeof *res);
     int rc_auth;
     char keybuf[256];
     const char *presented = relay_proxy_request_key(req, keybuf, sizeof keybuf);
     if (!presented) {
-        rc_auth = refuse(sink, res, RELAY_ERR_AUTH, "missing API key: send it as x-api-key or Authorization: Bearer",
-                         "auth", NULL);
+        rc_auth =
+            refuse(sink, res, RELAY_ERR_AUTH,
+                   "missing API key: send it as x-api-key or Authorization: Bearer", "auth", NULL);
         relay_metrics_observe_request(r, req, NULL, res, 0, 0, NULL);
         return rc_auth;
     }
@@ -143,7 +150,8 @@ int relay_proxy(relay_t *r, const relay_http_request_t *req, const relay_sink_t 
     int rc = relay_keys_verify(r, presented, &key, &err);
     explicit_bzero(keybuf, sizeof keybuf);
     if (rc) {
-        rc_auth = refuse(sink, res, rc, err.message, rc == RELAY_ERR_STORE ? "store" : "auth", NULL);
+        rc_auth =
+            refuse(sink, res, rc, err.message, rc == RELAY_ERR_STORE ? "store" : "auth", NULL);
         relay_metrics_observe_request(r, req, &key, res, 0, 0, NULL);
         return rc_auth;
     }
@@ -155,8 +163,10 @@ int relay_proxy(relay_t *r, const relay_http_request_t *req, const relay_sink_t 
         rc = refuse(sink, res, RELAY_ERR_TOO_LARGE, NULL, "size", NULL);
         goto log_refusal;
     }
-    if (is_messages_path(req) && relay_tokens_count_request(r->tokenizer, req->body, req->body_len, &info) != 0) {
-        rc = refuse(sink, res, RELAY_ERR_INVALID, "request body is not valid JSON", "invalid", NULL);
+    if (is_messages_path(req) &&
+        relay_tokens_count_request(r->tokenizer, req->body, req->body_len, &info) != 0) {
+        rc =
+            refuse(sink, res, RELAY_ERR_INVALID, "request body is not valid JSON", "invalid", NULL);
         goto log_refusal;
     }
     relay_admit_request_t areq = {

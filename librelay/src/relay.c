@@ -40,7 +40,8 @@ static const err_info_t ERRS[] = {
     {RELAY_ERR_IO, 500, "api_error", "I/O error"},
     {RELAY_ERR_INTERNAL, 500, "api_error", "internal error"},
     {RELAY_ERR_UNAVAILABLE, 503, "api_error", "service unavailable"},
-    {RELAY_ERR_LOGIN_LOCKED, 429, "rate_limit_error", "too many failed login attempts; try again later"},
+    {RELAY_ERR_LOGIN_LOCKED, 429, "rate_limit_error",
+     "too many failed login attempts; try again later"},
     {RELAY_ERR_CLIENT_GONE, 499, "api_error", "client closed the connection"},
 };
 
@@ -70,8 +71,8 @@ const char *relay_err_type(int code)
 char *relay_error_json(int code, const char *message)
 {
     const char *msg = message && *message ? message : relay_strerror(code);
-    json_t *o = json_pack("{s:s, s:{s:s, s:s}, s:s}", "type", "error", "error", "type", relay_err_type(code),
-                          "message", msg, "detail", msg);
+    json_t *o = json_pack("{s:s, s:{s:s, s:s}, s:s}", "type", "error", "error", "type",
+                          relay_err_type(code), "message", msg, "detail", msg);
     if (!o)
         return NULL;
     char *s = json_dumps(o, JSON_COMPACT);
@@ -149,11 +150,13 @@ static const relay_tier_def_t DEFAULT_TIERS[] = {
 static int copy_options(relay_t *r, const relay_options_t *in)
 {
     r->opts = *in;
-    const char **fields[] = {&r->opts.upstream_url, &r->opts.upstream_api_key, &r->opts.database_url,
-                             &r->opts.data_dir,     &r->opts.redis_url,        &r->opts.key_prefix,
-                             &r->opts.default_tier, &r->opts.admin_username,   &r->opts.admin_password,
-                             &r->opts.secret_key,   &r->opts.tokenizer_file};
-    _Static_assert(sizeof fields / sizeof fields[0] <= sizeof r->own_strings / sizeof r->own_strings[0],
+    const char **fields[] = {
+        &r->opts.upstream_url, &r->opts.upstream_api_key, &r->opts.database_url,
+        &r->opts.data_dir,     &r->opts.redis_url,        &r->opts.key_prefix,
+        &r->opts.default_tier, &r->opts.admin_username,   &r->opts.admin_password,
+        &r->opts.secret_key,   &r->opts.tokenizer_file};
+    _Static_assert(sizeof fields / sizeof fields[0] <=
+                       sizeof r->own_strings / sizeof r->own_strings[0],
                    "own_strings too small");
     for (size_t i = 0; i < sizeof fields / sizeof fields[0]; i++) {
         if (!*fields[i])
@@ -181,7 +184,8 @@ static int copy_options(relay_t *r, const relay_options_t *in)
     return 0;
 }
 
-int relay_store_open_configured(relay_store_t **out, const relay_options_t *opts, relay_error_t *err)
+int relay_store_open_configured(relay_store_t **out, const relay_options_t *opts,
+                                relay_error_t *err)
 {
     relay_store_options_t so = {.pool_size = opts->db_pool_size, .busy_timeout_ms = 5000};
     char path[4096];
@@ -190,7 +194,8 @@ int relay_store_open_configured(relay_store_t **out, const relay_options_t *opts
     if (!url || !*url) {
         const char *dir = opts->data_dir && *opts->data_dir ? opts->data_dir : "./data";
         if (mkdir(dir, 0700) != 0 && errno != EEXIST)
-            return relay_error_set(err, RELAY_ERR_IO, "cannot create data directory %s: %s", dir, strerror(errno));
+            return relay_error_set(err, RELAY_ERR_IO, "cannot create data directory %s: %s", dir,
+                                   strerror(errno));
         if ((size_t)snprintf(path, sizeof path, "%s/relay.db", dir) >= sizeof path)
             return relay_error_set(err, RELAY_ERR_CONFIG, "data directory path too long");
         url = path;
@@ -218,7 +223,17 @@ typedef struct module_hooks {
     void (*stop)(relay_t *r);
 } module_hooks_t;
 
-static const module_hooks_t MODULES[] = RELAY_MODULES;
+/* Each stop must tolerate a start that never ran (relay_free runs every stop). */
+static const module_hooks_t MODULES[] = {
+    {"tiers", relay_tiers_start, relay_tiers_stop},
+    {"keys", relay_keys_start, relay_keys_stop},
+    {"limits", relay_limits_start, relay_limits_stop},
+    {"auth", relay_auth_start, relay_auth_stop},
+    {"forward", relay_forward_start, relay_forward_stop},
+    {"usage", relay_usage_start, relay_usage_stop},
+    {"metrics", relay_metrics_start, relay_metrics_stop},
+    {"maintenance", relay_maintenance_start, relay_maintenance_stop},
+};
 #define N_MODULES (sizeof MODULES / sizeof MODULES[0])
 
 int relay_new(relay_t **out, const relay_options_t *opts, relay_error_t *err)
@@ -239,13 +254,10 @@ int relay_new(relay_t **out, const relay_options_t *opts, relay_error_t *err)
         return rc;
     }
     rc = open_store(r, err);
-    size_t started = 0;
-    for (; rc == 0 && started < N_MODULES; started++)
-        rc = MODULES[started].start(r, err);
+    for (size_t i = 0; rc == 0 && i < N_MODULES; i++)
+        rc = MODULES[i].start(r, err);
     if (rc) {
-        while (started-- > 0)
-            MODULES[started].stop(r);
-        relay_free(r);
+        relay_free(r); /* stops every module, started or not */
         return rc;
     }
     *out = r;
@@ -274,8 +286,8 @@ int relay_health_database(relay_t *r)
     return relay_store_ping(r->store);
 }
 
-void relay_log(relay_t *r, relay_log_level level, const char *event, const char *fields_json, const char *fmt,
-               ...)
+void relay_log(relay_t *r, relay_log_level level, const char *event, const char *fields_json,
+               const char *fmt, ...)
 {
     if (!r || !r->opts.log_fn || level < r->opts.log_level)
         return;

@@ -23,8 +23,8 @@ static const relay_price_t BUILTIN_PRICES[] = {
     {"claude-3-haiku", 0.25, 1.25, 0.30, 0.50, 0.03},
 };
 
-double relay_usage_cost(relay_t *r, const char *model, int64_t input, int64_t output, int64_t cache_5m,
-                        int64_t cache_1h, int64_t cache_read, int *known)
+double relay_usage_cost(relay_t *r, const char *model, int64_t input, int64_t output,
+                        int64_t cache_5m, int64_t cache_1h, int64_t cache_read, int *known)
 {
     const relay_price_t *tbl = r->opts.prices ? r->opts.prices : BUILTIN_PRICES;
     size_t n = r->opts.prices ? r->opts.n_prices : sizeof BUILTIN_PRICES / sizeof BUILTIN_PRICES[0];
@@ -41,8 +41,9 @@ double relay_usage_cost(relay_t *r, const char *model, int64_t input, int64_t ou
         *known = best != NULL;
     if (!best)
         return 0.0;
-    return ((double)input * best->input + (double)output * best->output + (double)cache_5m * best->cache_write_5m +
-            (double)cache_1h * best->cache_write_1h + (double)cache_read * best->cache_read) /
+    return ((double)input * best->input + (double)output * best->output +
+            (double)cache_5m * best->cache_write_5m + (double)cache_1h * best->cache_write_1h +
+            (double)cache_read * best->cache_read) /
            1e6;
 }
 
@@ -89,7 +90,8 @@ int relay_usage_record(relay_t *r, const relay_usage_row_t *row)
          * queued rows are kept because a batch of them may be in flight. */
         u->stats.dropped++;
         pthread_mutex_unlock(&u->mu);
-        relay_log(r, RELAY_LOG_ERROR, "usage.row_dropped", NULL, "usage queue full (%zu rows); row dropped", u->max);
+        relay_log(r, RELAY_LOG_ERROR, "usage.row_dropped", NULL,
+                  "usage queue full (%zu rows); row dropped", u->max);
         return RELAY_ERR_OVERLOADED;
     }
     u->ring[(u->head + u->count) % u->cap] = *row;
@@ -173,8 +175,8 @@ static int write_one_by_one(relay_t *r, const relay_usage_row_t *batch, size_t n
             r->usage->stats.dropped++;
             pthread_mutex_unlock(&r->usage->mu);
             relay_log(r, RELAY_LOG_ERROR, "usage.row_rejected", NULL,
-                      "the database refused a usage row of key %s (status %d); dropped", batch[i].api_key_id,
-                      batch[i].response_status);
+                      "the database refused a usage row of key %s (status %d); dropped",
+                      batch[i].api_key_id, batch[i].response_status);
         } else if (rc != 0) {
             return rc; /* the database went away mid-way: rows [done, n) are retried */
         }
@@ -216,8 +218,8 @@ static void *writer_main(void *arg)
         }
         u->stats.failed_batches++;
         relay_log(r, RELAY_LOG_WARN, "usage.write_failed", NULL,
-                  "writing %zu usage rows failed (%s); retrying in %d ms, rows kept", n, relay_strerror(rc),
-                  backoff_ms);
+                  "writing %zu usage rows failed (%s); retrying in %d ms, rows kept", n,
+                  relay_strerror(rc), backoff_ms);
         /* On stop, keep trying for a bounded time so rows are not lost to a brief outage. */
         if (u->stopping && backoff_ms >= 3200)
             break;
@@ -227,7 +229,8 @@ static void *writer_main(void *arg)
         backoff_ms = backoff_ms < 5000 ? backoff_ms * 2 : 5000;
     }
     if (u->count)
-        relay_log(r, RELAY_LOG_ERROR, "usage.unwritten_at_stop", NULL, "%zu usage rows could not be written", u->count);
+        relay_log(r, RELAY_LOG_ERROR, "usage.unwritten_at_stop", NULL,
+                  "%zu usage rows could not be written", u->count);
     pthread_mutex_unlock(&u->mu);
     free(batch);
     return NULL;

@@ -28,13 +28,13 @@ typedef struct relay_sink {
 
 /* What happened to one forwarded request. */
 typedef struct relay_forward_result {
-    int status;          /* the status the client was sent (0: nothing was sent) */
-    int attempts;        /* upstream attempts made (1 + retries) */
-    int stream;          /* the answer was SSE */
-    int client_gone;     /* the client went away before the end */
-    int cut;             /* the upstream ended the answer early (a stream without message_stop) */
-    int estimated;       /* some usage figures are the relay's estimate */
-    relay_usage_t usage; /* final usage: parsed from the upstream, completed by estimates */
+    int status;           /* the status the client was sent (0: nothing was sent) */
+    int attempts;         /* upstream attempts made (1 + retries) */
+    int stream;           /* the answer was SSE */
+    int client_gone;      /* the client went away before the end */
+    int cut;              /* the upstream ended the answer early (a stream without message_stop) */
+    int estimated;        /* some usage figures are the relay's estimate */
+    relay_usage_t usage;  /* final usage: parsed from the upstream, completed by estimates */
     char request_id[128]; /* the upstream's request-id */
     int64_t request_bytes, response_bytes;
     int64_t time_to_first_byte_ms, duration_ms;
@@ -61,7 +61,8 @@ RELAY_API int relay_forward(relay_t *r, const relay_http_request_t *req, const r
  * configured as ".../v1" (as the original relay wrote it) is not doubled: both
  * "https://api.anthropic.com" and "https://api.anthropic.com/v1" give ".../v1/messages".
  */
-RELAY_API int relay_forward_url(relay_t *r, const char *path, const char *query, char *out, size_t cap);
+RELAY_API int relay_forward_url(relay_t *r, const char *path, const char *query, char *out,
+                                size_t cap);
 
 #ifdef __cplusplus
 }

@@ -21,12 +21,12 @@ typedef struct relay_http_header {
 } relay_http_header_t;
 
 typedef struct relay_http_request {
-    const char *method;       /* "GET", "POST", ... */
-    const char *path;         /* decoded path without the query: "/admin/api-keys/123" */
-    const char *query;        /* raw query string without '?', or NULL */
-    const char *body;         /* may be NULL when body_len == 0 */
+    const char *method; /* "GET", "POST", ... */
+    const char *path;   /* decoded path without the query: "/admin/api-keys/123" */
+    const char *query;  /* raw query string without '?', or NULL */
+    const char *body;   /* may be NULL when body_len == 0 */
     size_t body_len;
-    const char *client_ip;    /* the effective client address (after trusted-proxy handling) */
+    const char *client_ip; /* the effective client address (after trusted-proxy handling) */
     const relay_http_header_t *headers;
     size_t n_headers;
 } relay_http_request_t;
@@ -35,9 +35,9 @@ typedef struct relay_http_request {
 
 typedef struct relay_http_response {
     int status;
-    char *body;               /* owned by the response; free with relay_http_response_clear */
+    char *body; /* owned by the response; free with relay_http_response_clear */
     size_t body_len;
-    char content_type[64];    /* "application/json" unless said otherwise */
+    char content_type[64]; /* "application/json" unless said otherwise */
     struct {
         char name[64];
         char value[256];
@@ -48,13 +48,17 @@ typedef struct relay_http_response {
 /* Case-insensitive header lookup; NULL when absent. */
 RELAY_API const char *relay_http_header(const relay_http_request_t *req, const char *name);
 /* Value of a query parameter (URL-decoded into buf). 1 when present, 0 when absent. */
-RELAY_API int relay_http_query_param(const relay_http_request_t *req, const char *name, char *buf, size_t cap);
+RELAY_API int relay_http_query_param(const relay_http_request_t *req, const char *name, char *buf,
+                                     size_t cap);
 /* Sets status and takes ownership of body (a malloc'd JSON string; NULL: empty body). */
 RELAY_API void relay_http_response_set(relay_http_response_t *resp, int status, char *body);
 /* Sets the Anthropic error JSON for code and message (relay_error_json) as the response. */
-RELAY_API void relay_http_response_error(relay_http_response_t *resp, int code, const char *message);
-/* Adds a response header (truncated to the fixed sizes; ignored past RELAY_HTTP_MAX_RESP_HEADERS). */
-RELAY_API void relay_http_response_add_header(relay_http_response_t *resp, const char *name, const char *value);
+RELAY_API void relay_http_response_error(relay_http_response_t *resp, int code,
+                                         const char *message);
+/* Adds a response header (truncated to the fixed sizes; ignored past RELAY_HTTP_MAX_RESP_HEADERS).
+ */
+RELAY_API void relay_http_response_add_header(relay_http_response_t *resp, const char *name,
+                                              const char *value);
 RELAY_API void relay_http_response_clear(relay_http_response_t *resp);
 
 #ifdef __cplusplus

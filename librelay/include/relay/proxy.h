@@ -17,8 +17,8 @@ typedef struct relay_proxy_result {
     char refusal_reason[32]; /* "auth", "quota", "requests", "ip", ... when refused */
     char key_id[37];         /* the authenticated key, "" before authentication */
     char key_name[256];
-    int64_t billed_tokens;   /* counted against the key's quota */
-    double cost;             /* USD, from the price table */
+    int64_t billed_tokens;      /* counted against the key's quota */
+    double cost;                /* USD, from the price table */
     relay_forward_result_t fwd; /* forwarding details (zero when refused) */
 } relay_proxy_result_t;
 
@@ -37,7 +37,8 @@ RELAY_API int relay_proxy(relay_t *r, const relay_http_request_t *req, const rel
                           relay_proxy_result_t *res);
 
 /* The proxy key a request presents (x-api-key, else Authorization: Bearer) or NULL. */
-RELAY_API const char *relay_proxy_request_key(const relay_http_request_t *req, char *buf, size_t cap);
+RELAY_API const char *relay_proxy_request_key(const relay_http_request_t *req, char *buf,
+                                              size_t cap);
 
 #ifdef __cplusplus
 }

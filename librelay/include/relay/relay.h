@@ -24,27 +24,27 @@ extern "C" {
  */
 typedef enum relay_err {
     RELAY_OK = 0,
-    RELAY_ERR_NOMEM = -1,          /* 500 api_error */
-    RELAY_ERR_INVALID = -2,        /* 400 invalid_request_error: bad argument or request */
-    RELAY_ERR_NOT_FOUND = -3,      /* 404 not_found_error */
-    RELAY_ERR_AUTH = -4,           /* 401 authentication_error: missing or invalid credential */
-    RELAY_ERR_KEY_DISABLED = -5,   /* 401 authentication_error */
-    RELAY_ERR_KEY_EXPIRED = -6,    /* 401 authentication_error */
-    RELAY_ERR_PERMISSION = -7,     /* 403 permission_error: allowlists */
-    RELAY_ERR_RATE_LIMITED = -8,   /* 429 rate_limit_error: request/concurrency limits */
-    RELAY_ERR_QUOTA = -9,          /* 429 rate_limit_error: token quota spent (no retry) */
-    RELAY_ERR_TOO_LARGE = -10,     /* 413 request_too_large */
-    RELAY_ERR_UPSTREAM = -11,      /* 502 api_error: upstream unreachable or broken */
+    RELAY_ERR_NOMEM = -1,             /* 500 api_error */
+    RELAY_ERR_INVALID = -2,           /* 400 invalid_request_error: bad argument or request */
+    RELAY_ERR_NOT_FOUND = -3,         /* 404 not_found_error */
+    RELAY_ERR_AUTH = -4,              /* 401 authentication_error: missing or invalid credential */
+    RELAY_ERR_KEY_DISABLED = -5,      /* 401 authentication_error */
+    RELAY_ERR_KEY_EXPIRED = -6,       /* 401 authentication_error */
+    RELAY_ERR_PERMISSION = -7,        /* 403 permission_error: allowlists */
+    RELAY_ERR_RATE_LIMITED = -8,      /* 429 rate_limit_error: request/concurrency limits */
+    RELAY_ERR_QUOTA = -9,             /* 429 rate_limit_error: token quota spent (no retry) */
+    RELAY_ERR_TOO_LARGE = -10,        /* 413 request_too_large */
+    RELAY_ERR_UPSTREAM = -11,         /* 502 api_error: upstream unreachable or broken */
     RELAY_ERR_UPSTREAM_TIMEOUT = -12, /* 504 timeout_error */
-    RELAY_ERR_STORE = -13,         /* 503 api_error: database unavailable or failed */
-    RELAY_ERR_CONFIG = -14,        /* 500 api_error: configuration is wrong */
-    RELAY_ERR_CONFLICT = -15,      /* 409 invalid_request_error: already exists */
-    RELAY_ERR_OVERLOADED = -16,    /* 529 overloaded_error */
-    RELAY_ERR_IO = -17,            /* 500 api_error: file or socket I/O */
-    RELAY_ERR_INTERNAL = -18,      /* 500 api_error */
-    RELAY_ERR_UNAVAILABLE = -19,   /* 503 api_error: feature not configured (e.g. no upstream key) */
-    RELAY_ERR_LOGIN_LOCKED = -20,  /* 429 rate_limit_error: too many failed admin logins */
-    RELAY_ERR_CLIENT_GONE = -21,   /* 499: the client went away (no answer is written) */
+    RELAY_ERR_STORE = -13,            /* 503 api_error: database unavailable or failed */
+    RELAY_ERR_CONFIG = -14,           /* 500 api_error: configuration is wrong */
+    RELAY_ERR_CONFLICT = -15,         /* 409 invalid_request_error: already exists */
+    RELAY_ERR_OVERLOADED = -16,       /* 529 overloaded_error */
+    RELAY_ERR_IO = -17,               /* 500 api_error: file or socket I/O */
+    RELAY_ERR_INTERNAL = -18,         /* 500 api_error */
+    RELAY_ERR_UNAVAILABLE = -19,  /* 503 api_error: feature not configured (e.g. no upstream key) */
+    RELAY_ERR_LOGIN_LOCKED = -20, /* 429 rate_limit_error: too many failed admin logins */
+    RELAY_ERR_CLIENT_GONE = -21,  /* 499: the client went away (no answer is written) */
 } relay_err;
 
 #define RELAY_ERRMSG_MAX 256
@@ -121,19 +121,20 @@ typedef struct relay_options {
     double connect_timeout_s;     /* 10 */
     double first_byte_timeout_s;  /* 300: until the upstream's first response byte */
     double idle_timeout_s;        /* 300: between two chunks of a stream */
-    int max_retries;              /* 3: attempts after the first, before any byte reached the client */
-    int retry_base_ms;            /* 500: first backoff; doubles each attempt, with jitter */
-    int retry_max_ms;             /* 30000: ceiling of one backoff (and of a honoured retry-after) */
-    size_t max_body_bytes;        /* 32 MiB: larger request bodies get 413 */
-    int drain_timeout_ms;         /* 30000: keep reading a stream after the client left, to bill it */
+    int max_retries;       /* 3: attempts after the first, before any byte reached the client */
+    int retry_base_ms;     /* 500: first backoff; doubles each attempt, with jitter */
+    int retry_max_ms;      /* 30000: ceiling of one backoff (and of a honoured retry-after) */
+    size_t max_body_bytes; /* 32 MiB: larger request bodies get 413 */
+    int drain_timeout_ms;  /* 30000: keep reading a stream after the client left, to bill it */
 
     /* storage */
     const char *database_url; /* NULL: SQLite file relay.db in data_dir; "postgresql://..." */
     const char *data_dir;     /* "./data" */
-    int db_pool_size;         /* 0: 8 (relay-server: its worker threads); PostgreSQL connections, opened on demand */
-    int auto_migrate;         /* 1 for SQLite, 0 for PostgreSQL unless set: -1 means "by backend" */
-    const char *redis_url;    /* NULL: limits in process only */
-    int redis_timeout_ms;     /* 200 */
+    int db_pool_size; /* 0: 8 (relay-server: its worker threads); PostgreSQL connections, opened on
+                         demand */
+    int auto_migrate; /* 1 for SQLite, 0 for PostgreSQL unless set: -1 means "by backend" */
+    const char *redis_url; /* NULL: limits in process only */
+    int redis_timeout_ms;  /* 200 */
 
     /* keys (config.yaml api_keys.*) */
     const char *key_prefix;      /* "sk-proxy-" */
@@ -146,14 +147,16 @@ typedef struct relay_options {
 
     /* admin (config.yaml admin.*, env ADMIN_USERNAME/ADMIN_PASSWORD/SECRET_KEY) */
     const char *admin_username; /* "admin" */
-    const char *admin_password; /* NULL: keep the stored hash (the server generates one at first start) */
-    const char *secret_key;     /* JWT signing key; required for admin login */
-    int jwt_lifetime_s;         /* 1800 */
-    int login_max_failures;     /* 5 failures per client IP within login_window_s ... */
-    int login_window_s;         /* 300 */
-    int login_cooldown_s;       /* 300: ... then 429 for this long */
+    const char
+        *admin_password; /* NULL: keep the stored hash (the server generates one at first start) */
+    const char *secret_key; /* JWT signing key; required for admin login */
+    int jwt_lifetime_s;     /* 1800 */
+    int login_max_failures; /* 5 failures per client IP within login_window_s ... */
+    int login_window_s;     /* 300 */
+    int login_cooldown_s;   /* 300: ... then 429 for this long */
 
-    /* rate-limit tiers: the initial set, persisted on first start (config.yaml rate_limit.by_tier) */
+    /* rate-limit tiers: the initial set, persisted on first start (config.yaml rate_limit.by_tier)
+     */
     const relay_tier_def_t *tiers; /* NULL: basic 100/60 s, premium 1000/60 s, unlimited */
     size_t n_tiers;
 
@@ -162,10 +165,10 @@ typedef struct relay_options {
     double weight_input, weight_output, weight_cache_creation, weight_cache_read; /* 1 each */
     const relay_price_t *prices; /* NULL: built-in Anthropic list prices */
     size_t n_prices;
-    size_t usage_queue_max;   /* 100000 rows held while the database is away */
-    int usage_batch_max;      /* 500 rows per transaction */
-    int usage_flush_ms;       /* 200: longest a row waits before it is written */
-    int log_retention_days;   /* 0: keep usage_logs forever */
+    size_t usage_queue_max;     /* 100000 rows held while the database is away */
+    int usage_batch_max;        /* 500 rows per transaction */
+    int usage_flush_ms;         /* 200: longest a row waits before it is written */
+    int log_retention_days;     /* 0: keep usage_logs forever */
     const char *tokenizer_file; /* NULL: heuristic counter; else a tiktoken-format vocabulary */
 
     /* logging */
@@ -197,8 +200,9 @@ RELAY_API void relay_free(relay_t *r);
 RELAY_API int relay_health_database(relay_t *r);
 
 /* Logs through the host's callback (librelay's own modules and hosts alike). */
-RELAY_API void relay_log(relay_t *r, relay_log_level level, const char *event, const char *fields_json,
-                         const char *fmt, ...) __attribute__((format(printf, 5, 6)));
+RELAY_API void relay_log(relay_t *r, relay_log_level level, const char *event,
+                         const char *fields_json, const char *fmt, ...)
+    __attribute__((format(printf, 5, 6)));
 
 #ifdef __cplusplus
 }

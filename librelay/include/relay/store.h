@@ -1,4 +1,5 @@
-/* store: the persistence interface (keys, usage, tiers, audit, admin credential) and its backends. */
+/* store: the persistence interface (keys, usage, tiers, audit, admin credential) and its backends.
+ */
 #ifndef RELAY_STORE_H
 #define RELAY_STORE_H
 
@@ -21,7 +22,7 @@ extern "C" {
 typedef struct relay_store relay_store_t;
 
 typedef struct relay_store_options {
-    int pool_size;     /* connections (PostgreSQL) / SQLite handles; default 8 */
+    int pool_size;       /* connections (PostgreSQL) / SQLite handles; default 8 */
     int busy_timeout_ms; /* SQLite busy timeout / PostgreSQL connect timeout; default 5000 */
 } relay_store_options_t;
 
@@ -30,13 +31,14 @@ typedef struct relay_store_options {
  * "sqlite://rel/path.db" or a plain file path → SQLite (the file is created).
  * opts may be NULL (defaults). Does not migrate.
  */
-RELAY_API int relay_store_open(relay_store_t **out, const char *url, const relay_store_options_t *opts,
-                               relay_error_t *err);
+RELAY_API int relay_store_open(relay_store_t **out, const char *url,
+                               const relay_store_options_t *opts, relay_error_t *err);
 /*
  * Opens the store relay_options_t names: database_url, or the SQLite file relay.db in data_dir
  * (created with mode 0700 when missing). Does not migrate. For hosts' maintenance commands.
  */
-RELAY_API int relay_store_open_configured(relay_store_t **out, const relay_options_t *opts, relay_error_t *err);
+RELAY_API int relay_store_open_configured(relay_store_t **out, const relay_options_t *opts,
+                                          relay_error_t *err);
 RELAY_API void relay_store_free(relay_store_t *s);
 /* "sqlite" or "postgresql" */
 RELAY_API const char *relay_store_backend(const relay_store_t *s);
@@ -54,7 +56,8 @@ typedef struct relay_migration_info {
 /* Applies every pending migration, in order, each in its own transaction. *applied may be NULL. */
 RELAY_API int relay_store_migrate_up(relay_store_t *s, int *applied, relay_error_t *err);
 /* Rolls back the newest `steps` applied migrations (steps <= 0 means 1). */
-RELAY_API int relay_store_migrate_down(relay_store_t *s, int steps, int *rolled_back, relay_error_t *err);
+RELAY_API int relay_store_migrate_down(relay_store_t *s, int steps, int *rolled_back,
+                                       relay_error_t *err);
 /* Lists every known migration for this backend with whether it is applied. Free with free(). */
 RELAY_API int relay_store_migrate_status(relay_store_t *s, relay_migration_info_t **out, size_t *n,
                                          relay_error_t *err);
@@ -63,12 +66,12 @@ RELAY_API int relay_store_check_schema(relay_store_t *s, relay_error_t *err);
 
 /* ---- api_keys ---- */
 typedef struct relay_key_record {
-    char id[37];          /* UUID, lower-case, 8-4-4-4-12 */
-    char *name;           /* owned */
-    char *description;    /* owned, may be NULL */
-    char key_prefix[64];  /* "sk-proxy-<public id>": unique, non-secret, used for lookup */
-    char key_hash[128];   /* "$2b$..." */
-    int64_t token_limit;  /* 0: unlimited */
+    char id[37];         /* UUID, lower-case, 8-4-4-4-12 */
+    char *name;          /* owned */
+    char *description;   /* owned, may be NULL */
+    char key_prefix[64]; /* "sk-proxy-<public id>": unique, non-secret, used for lookup */
+    char key_hash[128];  /* "$2b$..." */
+    int64_t token_limit; /* 0: unlimited */
     int64_t token_used;
     int64_t request_count;
     int64_t error_count;
@@ -102,9 +105,11 @@ typedef enum relay_key_filter {
     RELAY_KEYS_EXPIRED = 3,  /* expires_at set and <= now */
 } relay_key_filter;
 
-/* Lists keys not deleted, newest first (created_at, then id), paged. Free with relay_key_records_free. */
-RELAY_API int relay_store_key_list(relay_store_t *s, relay_key_filter filter, int64_t now, int64_t skip,
-                                   int64_t limit, relay_key_record_t **out, size_t *n, int64_t *total);
+/* Lists keys not deleted, newest first (created_at, then id), paged. Free with
+ * relay_key_records_free. */
+RELAY_API int relay_store_key_list(relay_store_t *s, relay_key_filter filter, int64_t now,
+                                   int64_t skip, int64_t limit, relay_key_record_t **out, size_t *n,
+                                   int64_t *total);
 RELAY_API void relay_key_records_free(relay_key_record_t *recs, size_t n);
 /*
  * Writes every mutable field of rec to the row with rec->id: name, description, key_prefix,
@@ -160,24 +165,29 @@ typedef struct relay_usage_query {
 } relay_usage_query_t;
 
 /* Rows matching q, newest first (created_at desc, id desc). Free with free(). */
-RELAY_API int relay_store_usage_logs(relay_store_t *s, const relay_usage_query_t *q, relay_usage_row_t **out,
-                                     size_t *n, int64_t *total);
+RELAY_API int relay_store_usage_logs(relay_store_t *s, const relay_usage_query_t *q,
+                                     relay_usage_row_t **out, size_t *n, int64_t *total);
 
 typedef struct relay_usage_daily {
     char day[11]; /* YYYY-MM-DD */
-    int64_t requests, tokens, prompt_tokens, completion_tokens, cache_creation_tokens, cache_read_tokens;
+    int64_t requests, tokens, prompt_tokens, completion_tokens, cache_creation_tokens,
+        cache_read_tokens;
     int64_t errors;
     double cost;
 } relay_usage_daily_t;
 
-/* usage_daily rows of one key (NULL: summed over all keys) with day in [from_day, to_day], newest first. */
-RELAY_API int relay_store_usage_daily(relay_store_t *s, const char *api_key_id, const char *from_day,
-                                      const char *to_day, relay_usage_daily_t **out, size_t *n);
+/* usage_daily rows of one key (NULL: summed over all keys) with day in [from_day, to_day], newest
+ * first. */
+RELAY_API int relay_store_usage_daily(relay_store_t *s, const char *api_key_id,
+                                      const char *from_day, const char *to_day,
+                                      relay_usage_daily_t **out, size_t *n);
 /* Deletes at most `batch` usage_logs rows with created_at < before; *deleted says how many. */
-RELAY_API int relay_store_usage_prune(relay_store_t *s, int64_t before, int batch, int64_t *deleted);
+RELAY_API int relay_store_usage_prune(relay_store_t *s, int64_t before, int batch,
+                                      int64_t *deleted);
 
 /* ---- rate_limit_tiers ---- */
-RELAY_API int relay_store_tier_list(relay_store_t *s, relay_tier_def_t **out, size_t *n); /* free() */
+RELAY_API int relay_store_tier_list(relay_store_t *s, relay_tier_def_t **out,
+                                    size_t *n); /* free() */
 RELAY_API int relay_store_tier_upsert(relay_store_t *s, const relay_tier_def_t *tier);
 /* RELAY_ERR_NOT_FOUND when absent. */
 RELAY_API int relay_store_tier_delete(relay_store_t *s, const char *name);
@@ -185,18 +195,18 @@ RELAY_API int relay_store_tier_delete(relay_store_t *s, const char *name);
 /* ---- audit_log ---- */
 typedef struct relay_audit_entry {
     int64_t id;
-    char action[64];    /* "api_key.create", "tier.update", ... */
-    char target[128];   /* key id, tier name, ... */
-    char actor[64];     /* admin username */
+    char action[64];  /* "api_key.create", "tier.update", ... */
+    char target[128]; /* key id, tier name, ... */
+    char actor[64];   /* admin username */
     char client_ip[64];
-    char *details;      /* owned JSON object text or NULL */
+    char *details; /* owned JSON object text or NULL */
     int64_t created_at;
 } relay_audit_entry_t;
 
 RELAY_API int relay_store_audit_insert(relay_store_t *s, const relay_audit_entry_t *e);
 /* Newest first, paged. Free with relay_audit_entries_free. */
-RELAY_API int relay_store_audit_list(relay_store_t *s, int64_t skip, int64_t limit, relay_audit_entry_t **out,
-                                     size_t *n, int64_t *total);
+RELAY_API int relay_store_audit_list(relay_store_t *s, int64_t skip, int64_t limit,
+                                     relay_audit_entry_t **out, size_t *n, int64_t *total);
 RELAY_API void relay_audit_entries_free(relay_audit_entry_t *e, size_t n);
 
 /* ---- settings (admin credential hash, generated secrets, ...) ---- */

@@ -1,4 +1,5 @@
-/* tiers: the rate-limit tiers (requests per period, ...), persisted in the store, served from memory. */
+/* tiers: the rate-limit tiers (requests per period, ...), persisted in the store, served from
+ * memory. */
 #ifndef RELAY_TIERS_H
 #define RELAY_TIERS_H
 
@@ -21,9 +22,11 @@ extern "C" {
 RELAY_API int relay_tiers_get(relay_t *r, const char *name, relay_tier_def_t *out);
 /* Every tier, sorted by name. Free *out with free(). */
 RELAY_API int relay_tiers_list(relay_t *r, relay_tier_def_t **out, size_t *n);
-/* Creates or replaces a tier (requests -1 or > 0, period_s > 0). RELAY_ERR_INVALID names the field. */
+/* Creates or replaces a tier (requests -1 or > 0, period_s > 0). RELAY_ERR_INVALID names the field.
+ */
 RELAY_API int relay_tiers_set(relay_t *r, const relay_tier_def_t *tier, relay_error_t *err);
-/* Deletes a tier. RELAY_ERR_CONFLICT while a key not deleted still uses it; NOT_FOUND when absent. */
+/* Deletes a tier. RELAY_ERR_CONFLICT while a key not deleted still uses it; NOT_FOUND when absent.
+ */
 RELAY_API int relay_tiers_delete(relay_t *r, const char *name, relay_error_t *err);
 /* Re-reads the table from the store. */
 RELAY_API int relay_tiers_reload(relay_t *r);

@@ -22,7 +22,8 @@ extern "C" {
 
 /* Queues a copy of row. Never blocks on the database. */
 RELAY_API int relay_usage_record(relay_t *r, const relay_usage_row_t *row);
-/* Waits until every row queued before the call is written, or timeout_ms passes (RELAY_ERR_STORE). */
+/* Waits until every row queued before the call is written, or timeout_ms passes (RELAY_ERR_STORE).
+ */
 RELAY_API int relay_usage_flush(relay_t *r, int timeout_ms);
 
 typedef struct relay_usage_stats {
@@ -40,8 +41,9 @@ RELAY_API void relay_usage_get_stats(relay_t *r, relay_usage_stats_t *out);
  * price matched (the cost is then 0). cache_5m/cache_1h split the cache writes; when the split is
  * unknown pass all of them as cache_5m.
  */
-RELAY_API double relay_usage_cost(relay_t *r, const char *model, int64_t input, int64_t output, int64_t cache_5m,
-                                  int64_t cache_1h, int64_t cache_read, int *known);
+RELAY_API double relay_usage_cost(relay_t *r, const char *model, int64_t input, int64_t output,
+                                  int64_t cache_5m, int64_t cache_1h, int64_t cache_read,
+                                  int *known);
 
 #ifdef __cplusplus
 }
