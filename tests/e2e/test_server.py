@@ -1,6 +1,7 @@
 """End-to-end: the server shell (issue 2): first start, /health, migrate, configuration errors,
 graceful stop, and the Anthropic error shape of the relay's own errors."""
 
+import json
 import os
 import signal
 import subprocess
@@ -108,6 +109,54 @@ class TestShell(relaytest.RelayTestCase):
         # New connections are refused once it is stopping/stopped.
         with self.assertRaises(OSError):
             relaytest.request(relay.port, "GET", "/health", timeout=2)
+
+
+class TestReadmeAndCli(relaytest.RelayTestCase):
+    """The README's curl examples work verbatim (with the port and password filled in), and the
+    key CLI creates a usable key without HTTP."""
+
+    def readme_commands(self):
+        path = os.path.join(os.environ["RELAY_SOURCE_DIR"], "README.md")
+        with open(path) as f:
+            text = f.read()
+        block = text.split("Log in as admin", 1)[1].split("```sh", 1)[1].split("```", 1)[0]
+        return block.replace("\\\n", " ").strip().splitlines()
+
+    def test_readme_login_and_key_creation(self):
+        lines = self.readme_commands()
+        login = [l for l in lines if "/admin/login" in l][0]
+        create = [l for l in lines if "/admin/api-keys" in l][0]
+        port = str(self.relay.port)
+        login = login.replace("localhost:8000", "localhost:" + port).replace(
+            "PASSWORD", self.relay.env["ADMIN_PASSWORD"])
+        out = subprocess.run(["bash", "-c", login], capture_output=True, text=True, timeout=30)
+        token = json.loads(out.stdout)["access_token"]
+        create = create.replace("localhost:8000", "localhost:" + port)
+        out = subprocess.run(["bash", "-c", create], capture_output=True, text=True, timeout=30,
+                             env=dict(os.environ, TOKEN=token))
+        js = json.loads(out.stdout)
+        self.relay.proxy_keys.append(js["api_key"])
+        self.assertTrue(js["api_key"].startswith("sk-proxy-"))
+        self.assertEqual((js["name"], js["token_limit"], js["rate_limit_tier"]), ("alice", 1000000, "basic"))
+
+    def test_keys_cli_create_and_list(self):
+        out = self.relay.run("keys", "create", "--name", "cli-key", "--token-limit", "5000",
+                             "--tier", "premium")
+        self.assertEqual(out.returncode, 0, out.stderr)
+        key = [l for l in out.stdout.splitlines() if "API key" in l][0].rsplit(" ", 1)[1]
+        self.relay.proxy_keys.append(key)
+        r = self.relay.request("POST", "/v1/messages", messages_body(),
+                               {"x-api-key": key, "anthropic-version": "2023-06-01"})
+        self.assertEqual(r.status, 200, r.body)
+        out = self.relay.run("keys", "list")
+        self.assertEqual(out.returncode, 0, out.stderr)
+        row = [l for l in out.stdout.splitlines() if "cli-key" in l][0]
+        self.assertIn("premium", row)
+        self.assertIn("5000", row)
+        self.assertNotIn(key.split("_", 1)[1], out.stdout)
+        out = self.relay.run("keys", "create", "--name", "x", "--tier", "gold")
+        self.assertNotEqual(out.returncode, 0)
+        self.assertIn("tier", out.stderr)
 
 
 class TestConfig(unittest.TestCase):
