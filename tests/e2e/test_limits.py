@@ -176,7 +176,7 @@ class QuotaTest(LimitsBase):
     def reserved_for(self, max_tokens):
         """What admit reserves for messages_body(max_tokens=...), read from the relay's refusal
         of a key whose whole quota is 1 token."""
-        key, obj = self.new_key(token_limit=1)
+        key, _ = self.new_key(token_limit=1)
         r = self.send(key, max_tokens=max_tokens)
         msg = self.assert_error(r, 429, "rate_limit_error")
         m = re.search(r"may use up to (\d+) more", msg)
@@ -225,8 +225,8 @@ class QuotaTest(LimitsBase):
         self.assertEqual(len(self.fake.requests()), 1)
 
     def test_request_that_cannot_fit_is_refused_before_the_quota_is_spent(self):
-        key, obj = self.new_key(token_limit=1000)
-        reserve, est = self.reservation(CEILING)
+        key, _ = self.new_key(token_limit=1000)
+        reserve, _ = self.reservation(CEILING)
         self.spend(key, 1000 - reserve + 1)  # one token short of room for this request
         r = self.send(key, max_tokens=CEILING)
         msg = self.assert_error(r, 429, "rate_limit_error")
@@ -655,6 +655,8 @@ class SharedRedisTest(LimitsBase):
         for t in threads:
             t.join(30)
         self.assertEqual(sorted(r.status for r in out), [200] * 3 + [429] * 7)
+        # Both instances' usage writers reach the one store: 99000 + 3 answers of 2 tokens.
+        self.wait_token_used(obj["id"], 99006)
 
 
 class RedisOutageTest(LimitsBase):
