@@ -7,7 +7,6 @@
 #include <cmocka.h>
 
 #include <jansson.h>
-#include <libpq-fe.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -17,93 +16,23 @@
 #include "relay/admin.h"
 #include "relay/auth.h"
 #include "relay/keys.h"
+#include "testdb.h"
+#include "testrelay.h"
 #include "util.h"
 
 #define PASSWORD  "admin-test-password-1"
 #define CLIENT_IP "10.1.2.3"
 
-/* ---- one fresh database per test (as in test_keys.c) ---- */
-
-static const char *g_backend;
-static char g_dir[256];
-static char g_url[1024];
-static char g_pgname[96];
-
-static void pg_exec(const char *sql)
-{
-    PGconn *c = PQconnectdb(getenv("RELAY_TEST_PG_URL"));
-    assert_int_equal(PQstatus(c), CONNECTION_OK);
-    PGresult *res = PQexec(c, sql);
-    if (PQresultStatus(res) != PGRES_COMMAND_OK)
-        fail_msg("%s: %s", sql, PQerrorMessage(c));
-    PQclear(res);
-    PQfinish(c);
-}
-
-static void with_dbname(const char *base, const char *db, char *out, size_t cap)
-{
-    const char *p = strstr(base, "://");
-    assert_non_null(p);
-    p += 3;
-    const char *q = strchr(p, '?');
-    const char *slash = strchr(p, '/');
-    if (slash && q && slash > q)
-        slash = NULL;
-    size_t head = slash ? (size_t)(slash - base) : q ? (size_t)(q - base) : strlen(base);
-    snprintf(out, cap, "%.*s/%s%s", (int)head, base, db, q ? q : "");
-}
-
-static int db_setup(void **state)
-{
-    (void)state;
-    if (strcmp(g_backend, "sqlite") == 0) {
-        snprintf(g_dir, sizeof g_dir, "/tmp/relay-test-admin-XXXXXX");
-        assert_non_null(mkdtemp(g_dir));
-        snprintf(g_url, sizeof g_url, "%s/relay.db", g_dir);
-        return 0;
-    }
-    uint8_t rnd[4];
-    char hex[9], sql[160];
-    relay_random_bytes(rnd, sizeof rnd);
-    relay_hex(rnd, sizeof rnd, hex);
-    snprintf(g_pgname, sizeof g_pgname, "relay_test_admin_%d_%s", (int)getpid(), hex);
-    snprintf(sql, sizeof sql, "CREATE DATABASE \"%s\"", g_pgname);
-    pg_exec(sql);
-    with_dbname(getenv("RELAY_TEST_PG_URL"), g_pgname, g_url, sizeof g_url);
-    return 0;
-}
-
-static int db_teardown(void **state)
-{
-    (void)state;
-    if (strcmp(g_backend, "sqlite") == 0) {
-        char cmd[300];
-        snprintf(cmd, sizeof cmd, "rm -rf '%s'", g_dir);
-        return system(cmd) == 0 ? 0 : -1;
-    }
-    char sql[160];
-    snprintf(sql, sizeof sql, "DROP DATABASE IF EXISTS \"%s\" WITH (FORCE)", g_pgname);
-    pg_exec(sql);
-    return 0;
-}
-
 static relay_t *new_relay_with(const char *password, const char *secret)
 {
     relay_options_t o;
-    relay_options_init(&o);
-    o.database_url = g_url;
-    o.auto_migrate = 1;
-    o.bcrypt_cost = 4;
+    testdb_options(&o);
     o.secret_key = secret;
     o.admin_password = password;
     o.login_max_failures = 3;
     o.login_window_s = 60;
     o.login_cooldown_s = 2;
-    relay_t *r = NULL;
-    relay_error_t err = {0};
-    if (relay_new(&r, &o, &err))
-        fail_msg("relay_new: %s", err.message);
-    return r;
+    return testrelay_new(&o);
 }
 
 static relay_t *new_relay(void)
@@ -811,12 +740,10 @@ static void test_audit_log(void **state)
 
 int main(int argc, char **argv)
 {
-    g_backend = argc > 1 ? argv[1] : "sqlite";
-    if (strcmp(g_backend, "pg") == 0 && !getenv("RELAY_TEST_PG_URL")) {
-        fprintf(stderr, "RELAY_TEST_PG_URL unset: skipping the PostgreSQL run\n");
-        return 77;
-    }
-#define T(f) cmocka_unit_test_setup_teardown(f, db_setup, db_teardown)
+    int skip = testdb_init(argc, argv, "admin");
+    if (skip)
+        return skip;
+#define T(f) cmocka_unit_test_setup_teardown(f, testdb_setup, testdb_teardown)
     const struct CMUnitTest tests[] = {
         T(test_login),
         T(test_login_lockout),
@@ -833,6 +760,6 @@ int main(int argc, char **argv)
         T(test_tiers_api),
         T(test_audit_log),
     };
-    int rc = cmocka_run_group_tests_name(g_backend, tests, NULL, NULL);
+    int rc = cmocka_run_group_tests_name(testdb_backend(), tests, NULL, NULL);
     return rc;
 }

@@ -18,91 +18,19 @@
 #include "relay/keys.h"
 #include "relay/store.h"
 #include "relay/tiers.h"
+#include "testdb.h"
+#include "testrelay.h"
 #include "util.h"
-
-/* ---- one fresh database per test: a temporary SQLite file, or a new PostgreSQL database ---- */
-
-static const char *g_backend;
-static char g_dir[256];
-static char g_url[1024];
-static char g_pgname[96];
-
-static void pg_exec(const char *sql)
-{
-    PGconn *c = PQconnectdb(getenv("RELAY_TEST_PG_URL"));
-    assert_int_equal(PQstatus(c), CONNECTION_OK);
-    PGresult *res = PQexec(c, sql);
-    if (PQresultStatus(res) != PGRES_COMMAND_OK)
-        fail_msg("%s: %s", sql, PQerrorMessage(c));
-    PQclear(res);
-    PQfinish(c);
-}
-
-/* base URL with its database name replaced by db (query string kept). */
-static void with_dbname(const char *base, const char *db, char *out, size_t cap)
-{
-    const char *p = strstr(base, "://");
-    assert_non_null(p);
-    p += 3;
-    const char *q = strchr(p, '?');
-    const char *slash = strchr(p, '/');
-    if (slash && q && slash > q)
-        slash = NULL;
-    size_t head = slash ? (size_t)(slash - base) : q ? (size_t)(q - base) : strlen(base);
-    snprintf(out, cap, "%.*s/%s%s", (int)head, base, db, q ? q : "");
-}
-
-static int db_setup(void **state)
-{
-    (void)state;
-    if (strcmp(g_backend, "sqlite") == 0) {
-        snprintf(g_dir, sizeof g_dir, "/tmp/relay-test-keys-XXXXXX");
-        assert_non_null(mkdtemp(g_dir));
-        snprintf(g_url, sizeof g_url, "%s/relay.db", g_dir);
-        return 0;
-    }
-    uint8_t rnd[4];
-    char hex[9], sql[160];
-    relay_random_bytes(rnd, sizeof rnd);
-    relay_hex(rnd, sizeof rnd, hex);
-    snprintf(g_pgname, sizeof g_pgname, "relay_test_keys_%d_%s", (int)getpid(), hex);
-    snprintf(sql, sizeof sql, "CREATE DATABASE \"%s\"", g_pgname);
-    pg_exec(sql);
-    with_dbname(getenv("RELAY_TEST_PG_URL"), g_pgname, g_url, sizeof g_url);
-    return 0;
-}
-
-static int db_teardown(void **state)
-{
-    (void)state;
-    if (strcmp(g_backend, "sqlite") == 0) {
-        char cmd[300];
-        snprintf(cmd, sizeof cmd, "rm -rf '%s'", g_dir);
-        return system(cmd) == 0 ? 0 : -1;
-    }
-    char sql[160];
-    snprintf(sql, sizeof sql, "DROP DATABASE IF EXISTS \"%s\" WITH (FORCE)", g_pgname);
-    pg_exec(sql);
-    return 0;
-}
 
 static relay_t *new_relay_opts(int ttl_ms, size_t cache_max)
 {
     relay_options_t o;
-    relay_options_init(&o);
-    o.database_url = g_url;
-    o.auto_migrate = 1;
-    o.bcrypt_cost = 4; /* the counts matter here, not the cost */
+    testdb_options(&o); /* bcrypt at cost 4: the counts matter here, not the cost */
     o.key_cache_ttl_ms = ttl_ms;
     o.key_cache_max = cache_max;
     o.secret_key = "test-secret-key-for-jwt-signing-0123456789";
     o.admin_password = "test-admin-password";
-    relay_t *r = NULL;
-    relay_error_t err = {0};
-    int rc = relay_new(&r, &o, &err);
-    if (rc)
-        fail_msg("relay_new: %s", err.message);
-    return r;
+    return testrelay_new(&o);
 }
 
 static relay_t *new_relay(void)
@@ -448,16 +376,16 @@ static void test_no_plaintext_key_in_database(void **state)
         assert_int_equal(verify(r, keys[i], &err), 0);
         relay_key_record_clear(&rec);
     }
-    if (strcmp(g_backend, "sqlite") == 0) {
+    if (testdb_is_sqlite()) {
         relay_free(r); /* checkpoints the WAL; the -wal file is scanned too in case it stays */
         const char *files[] = {"relay.db", "relay.db-wal", "relay.db-shm"};
         char path[512];
-        snprintf(path, sizeof path, "%s/relay.db", g_dir);
+        snprintf(path, sizeof path, "%s/relay.db", testdb_dir());
         assert_true(file_contains(path, "$2b$04$")); /* the scan does see the hashes */
         for (int i = 0; i < 3; i++) {
             const char *secret = keys[i] + 22;
             for (size_t f = 0; f < 3; f++) {
-                snprintf(path, sizeof path, "%s/%s", g_dir, files[f]);
+                snprintf(path, sizeof path, "%s/%s", testdb_dir(), files[f]);
                 assert_false(file_contains(path, secret));
                 /* Not even a half of it. */
                 char half[32];
@@ -468,7 +396,7 @@ static void test_no_plaintext_key_in_database(void **state)
         return;
     }
     relay_free(r);
-    PGconn *c = PQconnectdb(g_url);
+    PGconn *c = PQconnectdb(testdb_url());
     assert_int_equal(PQstatus(c), CONNECTION_OK);
     const char *tables[] = {"api_keys", "audit_log", "rate_limit_tiers"};
     int hashes = 0;
@@ -826,12 +754,10 @@ static void test_tiers(void **state)
 
 int main(int argc, char **argv)
 {
-    g_backend = argc > 1 ? argv[1] : "sqlite";
-    if (strcmp(g_backend, "pg") == 0 && !getenv("RELAY_TEST_PG_URL")) {
-        fprintf(stderr, "RELAY_TEST_PG_URL unset: skipping the PostgreSQL run\n");
-        return 77;
-    }
-#define T(f) cmocka_unit_test_setup_teardown(f, db_setup, db_teardown)
+    int skip = testdb_init(argc, argv, "keys");
+    if (skip)
+        return skip;
+#define T(f) cmocka_unit_test_setup_teardown(f, testdb_setup, testdb_teardown)
     const struct CMUnitTest tests[] = {
         T(test_create_format_and_record),
         T(test_verify_cached_costs_no_bcrypt),
@@ -850,5 +776,5 @@ int main(int argc, char **argv)
         T(test_concurrent_verify),
         T(test_tiers),
     };
-    return cmocka_run_group_tests_name(g_backend, tests, NULL, NULL);
+    return cmocka_run_group_tests_name(testdb_backend(), tests, NULL, NULL);
 }
