@@ -191,7 +191,8 @@ static void limits_decide(const limits_take_t *t, const limits_counts_t *c, limi
     v->req_remaining = t->req_limit < 0 ? -1 : t->req_limit - c->n_req;
     v->req_reset_ms = c->n_req ? c->oldest_ms + t->period_ms : t->now_ms;
     int quota = t->consumes_quota && t->token_limit > 0;
-    if (quota && c->used + t->reserve > t->token_limit) {
+    /* used >= limit on its own: a request reserving nothing must not slip in at used == limit */
+    if (quota && (c->used >= t->token_limit || c->used + t->reserve > t->token_limit)) {
         v->reason = LIMIT_QUOTA;
     } else if (t->req_limit >= 0 && c->n_req >= t->req_limit) {
         v->reason = LIMIT_REQUESTS;

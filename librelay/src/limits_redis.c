@@ -61,7 +61,7 @@ static const char ADMIT_LUA[] =
     "local rem=-1 if req_limit>=0 then rem=req_limit-n_req end\n"
     "local reset=now if n_req>0 then reset=oldest+period end\n"
     "local reason,retry=0,0 local quota=(cq==1 and tlimit>0)\n"
-    "if quota and used+reserve>tlimit then reason=5\n"
+    "if quota and (used>=tlimit or used+reserve>tlimit) then reason=5\n"
     "elseif req_limit>=0 and n_req>=req_limit then reason=1 retry=reset-now\n"
     "elseif tpm>0 and cq==1 and tsum>=tpm then reason=2 retry=tretry\n"
     "elseif conc>0 and slots>=conc then reason=3 retry=1000\n"

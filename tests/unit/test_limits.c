@@ -425,6 +425,27 @@ static void test_quota_exhausted(void **state)
     assert_int_equal(v.token_remaining, 0);
 }
 
+/* A request that reserves nothing (max_tokens 0, no input estimate) is still refused once used
+ * reaches the limit: used == limit is exhausted, not "0 more fits". */
+static void test_quota_zero_reserve_at_limit(void **state)
+{
+    fixture_t *f = *state;
+    relay_key_record_t k;
+    key_init(&k, "unl", 1000, 999);
+    relay_admit_request_t zero = req_for(&k, 0, 0);
+    relay_admission_t a;
+    relay_error_t err;
+    assert_int_equal(admit(f, &zero, &a, &err), 0); /* 999 < 1000: room left */
+    assert_int_equal(a.reserved_tokens, 0);
+    relay_limits_settle(f->r, &a, 1); /* the live count reaches the limit */
+    assert_int_equal(admit(f, &zero, &a, &err), RELAY_ERR_QUOTA);
+    assert_string_equal(a.reason, "quota");
+    assert_string_equal(err.message, "token quota exhausted: 1000 of 1000 tokens used");
+    k.token_used = 1000; /* and from the store's counter alone, on a fresh key */
+    assert_int_equal(relay_uuid4(k.id, sizeof k.id), 0);
+    assert_int_equal(admit(f, &zero, &a, &err), RELAY_ERR_QUOTA);
+}
+
 static void test_quota_live_used_and_reservations(void **state)
 {
     fixture_t *f = *state;
@@ -610,6 +631,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_tokens_per_minute, setup, teardown),
         cmocka_unit_test_setup_teardown(test_concurrency_slots_released, setup, teardown),
         cmocka_unit_test_setup_teardown(test_quota_exhausted, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_quota_zero_reserve_at_limit, setup, teardown),
         cmocka_unit_test_setup_teardown(test_quota_live_used_and_reservations, setup, teardown),
         cmocka_unit_test_setup_teardown(test_allowlists_in_admit, setup, teardown),
         cmocka_unit_test(test_quota_race_no_overshoot),

@@ -256,6 +256,31 @@ static void test_two_instances_slot(void **state)
     instance_close(&b);
 }
 
+/* The Lua script refuses at used == limit even a request reserving nothing, as limits_decide does.
+ * b has no local mirror of what a settled: the refusal can only come from Redis. */
+static void test_quota_zero_reserve_at_limit(void **state)
+{
+    (void)state;
+    instance_t a, b;
+    instance_open(&a, redis_url(), 1000, 1);
+    instance_open(&b, redis_url(), 1000, 1);
+    relay_key_record_t k;
+    key_init(&k, "unl", 1000, 999);
+    relay_admit_request_t zero = req_for(&k, 0, 0);
+    relay_admission_t adm;
+    relay_error_t err;
+    assert_int_equal(relay_limits_admit(a.r, &zero, &adm, &err), 0);
+    assert_int_equal(adm.backend, RELAY_ADMIT_REDIS);
+    relay_limits_settle(a.r, &adm, 1);
+    assert_int_equal(relay_limits_admit(b.r, &zero, &adm, &err), RELAY_ERR_QUOTA);
+    assert_string_equal(err.message, "token quota exhausted: 1000 of 1000 tokens used");
+    relay_limits_stats_t st;
+    relay_limits_get_stats(b.r, &st);
+    assert_int_equal(st.redis_fallbacks, 0);
+    instance_close(&a);
+    instance_close(&b);
+}
+
 /* ---- Redis killed and restarted under traffic ---- */
 
 static int free_port(void)
@@ -392,6 +417,7 @@ int main(void)
         cmocka_unit_test(test_two_instances_exact_count),
         cmocka_unit_test(test_two_instances_race),
         cmocka_unit_test(test_two_instances_slot),
+        cmocka_unit_test(test_quota_zero_reserve_at_limit),
         cmocka_unit_test(test_redis_killed_and_restarted),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
