@@ -949,6 +949,12 @@ void relay_limits_set_clock_for_tests(relay_t *r, int64_t (*now_ms)(void *ud), v
     pthread_mutex_unlock(&r->limits->mu);
 }
 
+void relay_limits_lose_redis_replies_for_tests(relay_t *r, int n)
+{
+    if (r->limits->redis)
+        limits_redis_lose_replies_for_tests(r->limits->redis, n);
+}
+
 /* ---- module hooks ---- */
 
 int relay_limits_start(relay_t *r, relay_error_t *err)

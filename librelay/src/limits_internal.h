@@ -81,5 +81,8 @@ void limits_redis_settle(relay_limits_redis_t *rd, const limits_settle_op_t *op)
 /* Reads used/reserved and the request window without taking anything. */
 int limits_redis_peek(relay_limits_redis_t *rd, const limits_take_t *t, limits_verdict_t *v);
 void limits_redis_stats(relay_limits_redis_t *rd, uint64_t *errors, uint64_t *lost);
+/* Tests: the next n admits drop Redis's reply after the script ran, as a timeout would. */
+void limits_redis_lose_replies_for_tests(relay_limits_redis_t *rd, int n);
+void relay_limits_lose_redis_replies_for_tests(relay_t *r, int n);
 
 #endif

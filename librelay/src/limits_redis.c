@@ -121,6 +121,7 @@ struct relay_limits_redis {
     limits_settle_op_t *pending; /* settles waiting for Redis to come back (ring) */
     size_t pend_head, pend_len;
     uint64_t errors, lost;
+    int lose_replies; /* tests: admit replies to drop after the script ran */
     pthread_t prober;
     int prober_started;
 };
@@ -359,6 +360,38 @@ static int64_t int_at(const redisReply *rep, size_t i)
     return 0;
 }
 
+/* Tests: whether to drop this admit's reply, as a timeout after the script ran would. */
+static int lose_reply(relay_limits_redis_t *rd)
+{
+    pthread_mutex_lock(&rd->mu);
+    int lose = rd->lose_replies > 0;
+    if (lose)
+        rd->lose_replies--;
+    pthread_mutex_unlock(&rd->mu);
+    return lose;
+}
+
+static void pending_push(relay_limits_redis_t *rd, const limits_settle_op_t *op);
+
+/*
+ * An admit whose reply never came may still have run: Redis would then hold a slot and a
+ * reservation for it until the lease ends (minutes), while the caller admits in memory. Queue
+ * the settle that gives them back; it runs once Redis answers again, and does nothing if the
+ * script never ran (the ZREMs match nothing). The request-window entry and the token bucket are
+ * left: the request did happen, and a bucket decrement could not tell whether there is anything
+ * of ours to take back.
+ */
+static void undo_admit(relay_limits_redis_t *rd, const limits_take_t *t)
+{
+    limits_settle_op_t op = {.reserved = t->consumes_quota ? t->reserve : 0,
+                             .has_slot = t->concurrent > 0};
+    if (!op.reserved && !op.has_slot)
+        return;
+    relay_strlcpy(op.key_id, t->key_id, sizeof op.key_id);
+    relay_strlcpy(op.admission_id, t->admission_id, sizeof op.admission_id);
+    pending_push(rd, &op);
+}
+
 /* Bounds the next command so connect plus command stay within one timeout. */
 static void set_deadline(relay_limits_redis_t *rd, redisContext *c, int64_t started_ms)
 {
@@ -394,8 +427,15 @@ static int call_admit(relay_limits_redis_t *rd, const limits_take_t *t, int take
     for (int i = 1; i < 13; i++)
         argv[argc++] = nums[i];
     redisReply *rep = run_script(rd, c, SCRIPT_ADMIT, argc, argv);
+    if (rep && take && lose_reply(rd)) {
+        freeReplyObject(rep);
+        rep = NULL;
+    }
     if (!rep || rep->type != REDIS_REPLY_ARRAY || rep->elements < 8) {
-        call_failed(rd, c, rep);
+        int io = rep == NULL;
+        call_failed(rd, c, rep); /* marks Redis down first: the undo waits for the next probe */
+        if (io && take)
+            undo_admit(rd, t);
         return -1;
     }
     memset(v, 0, sizeof *v);
@@ -622,6 +662,13 @@ int limits_redis_is_up(relay_limits_redis_t *rd)
     int up = rd->up;
     pthread_mutex_unlock(&rd->mu);
     return up;
+}
+
+void limits_redis_lose_replies_for_tests(relay_limits_redis_t *rd, int n)
+{
+    pthread_mutex_lock(&rd->mu);
+    rd->lose_replies = n;
+    pthread_mutex_unlock(&rd->mu);
 }
 
 void limits_redis_stats(relay_limits_redis_t *rd, uint64_t *errors, uint64_t *lost)

@@ -28,7 +28,7 @@
 
 static const relay_tier_def_t TIERS[] = {
     {"basic", 100, 60, 0, 0}, {"t5", 5, 60, 0, 0},   {"t40", 40, 60, 0, 0},
-    {"one", -1, 60, 0, 1},    {"unl", -1, 60, 0, 0},
+    {"one", -1, 60, 0, 1},    {"unl", -1, 60, 0, 0}, {"one100", 100, 60, 0, 1},
 };
 
 typedef struct instance {
@@ -406,6 +406,67 @@ static void test_redis_killed_and_restarted(void **state)
     redis_kill(pid);
 }
 
+/* ZCARD of one of key_id's Redis sets ("rw" requests, "cc" slots, "qr" reservations). */
+static long long redis_zcard(int port, const char *key_id, const char *suffix)
+{
+    struct timeval tv = {1, 0};
+    redisContext *c = redisConnectWithTimeout("127.0.0.1", port, tv);
+    assert_true(c && !c->err);
+    redisReply *rep = redisCommand(c, "ZCARD relay:{%s}:%s", key_id, suffix);
+    assert_true(rep && rep->type == REDIS_REPLY_INTEGER);
+    long long n = rep->integer;
+    freeReplyObject(rep);
+    redisFree(c);
+    return n;
+}
+
+/*
+ * The admit script ran but its reply was lost (a timeout after the send): the request is admitted
+ * in memory, and the slot and reservation the script took in Redis are given back once Redis
+ * answers again, instead of holding the key's only slot until the lease ends.
+ */
+static void test_lost_admit_reply_is_undone(void **state)
+{
+    (void)state;
+    int port = free_port();
+    pid_t pid = redis_start(port);
+    char url[64];
+    snprintf(url, sizeof url, "redis://127.0.0.1:%d", port);
+    instance_t a;
+    instance_open(&a, url, 1000, 0);
+    relay_key_record_t k;
+    key_init(&k, "one100", 1000000, 0);
+    relay_admit_request_t q = req_for(&k, 100, 200);
+    relay_admission_t lost, adm;
+    relay_error_t err;
+    relay_limits_lose_redis_replies_for_tests(a.r, 1);
+    assert_int_equal(relay_limits_admit(a.r, &q, &lost, &err), 0);
+    assert_int_equal(lost.backend, RELAY_ADMIT_MEMORY);
+    assert_int_equal(lost.reserved_tokens, 300);
+    /* The script did run (its request-window entry stays: the request happened). Its slot and
+     * reservation may already be undone here if the prober was quick, so they are not checked. */
+    assert_int_equal(redis_zcard(port, k.id, "rw"), 1);
+    /* The prober finds Redis again within a few seconds and applies the queued undo. */
+    int64_t deadline = relay_mono_ms() + 5000;
+    while ((redis_zcard(port, k.id, "cc") || redis_zcard(port, k.id, "qr")) &&
+           relay_mono_ms() < deadline)
+        usleep(50000);
+    assert_int_equal(redis_zcard(port, k.id, "cc"), 0);
+    assert_int_equal(redis_zcard(port, k.id, "qr"), 0);
+    relay_limits_settle(a.r, &lost, 250); /* in memory, where it was admitted */
+    /* Redis is used again and the key's one slot is free there. */
+    assert_string_equal(relay_limits_redis_status(a.r), "ok");
+    assert_int_equal(relay_limits_admit(a.r, &q, &adm, &err), 0);
+    assert_int_equal(adm.backend, RELAY_ADMIT_REDIS);
+    relay_limits_settle(a.r, &adm, 0);
+    relay_limits_stats_t st;
+    relay_limits_get_stats(a.r, &st);
+    assert_int_equal(st.redis_fallbacks, 1);
+    assert_int_equal(st.redis_settles_lost, 0);
+    instance_close(&a);
+    redis_kill(pid);
+}
+
 int main(void)
 {
     if (!redis_url() || !*redis_url()) {
@@ -419,6 +480,7 @@ int main(void)
         cmocka_unit_test(test_two_instances_slot),
         cmocka_unit_test(test_quota_zero_reserve_at_limit),
         cmocka_unit_test(test_redis_killed_and_restarted),
+        cmocka_unit_test(test_lost_admit_reply_is_undone),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
