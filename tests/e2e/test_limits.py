@@ -8,7 +8,6 @@ import re
 import shutil
 import signal
 import socket
-import sqlite3
 import subprocess
 import tempfile
 import threading
@@ -24,9 +23,11 @@ SONNET = "claude-sonnet-4-5-20250929"
 CEILING = 64  # usage.reservation_ceiling of the quota classes: small, so overshoot is visible
 
 
-def write_config(text):
-    """A config.yaml in its own temp directory; returns its path (for RELAY_CONFIG)."""
+def write_config(cls, text):
+    """A config.yaml in its own temp directory, removed after the class; returns its path (for
+    RELAY_CONFIG)."""
     d = tempfile.mkdtemp(prefix="relaytest-limits-")
+    cls.addClassCleanup(shutil.rmtree, d, True)
     path = os.path.join(d, "config.yaml")
     with open(path, "w") as f:
         f.write(text)
@@ -110,7 +111,7 @@ class LimitsBase(relaytest.RelayTestCase):
         return self.admin("PATCH", "/admin/api-keys/" + key_id, fields)
 
     def key_state(self, key_id, relay=None):
-        return self.admin("GET", "/admin/api-keys/" + key_id, relay=relay)
+        return super().key_state(key_id, relay, self.admin_hdrs(relay))
 
     @staticmethod
     def hdrs(key, **extra):
@@ -131,26 +132,8 @@ class LimitsBase(relaytest.RelayTestCase):
         self.assertEqual((js["type"], js["error"]["type"]), ("error", etype), js)
         return js["error"]["message"]
 
-    def usage_rows(self, key_id):
-        """usage_logs rows of the key (oldest first), read straight from the database."""
-        if self.pg:
-            out = subprocess.run(
-                ["psql", self.pg.url, "-X", "-q", "-A", "-t", "-c",
-                 "SELECT row_to_json(u) FROM usage_logs u WHERE api_key_id = '%s' ORDER BY id"
-                 % key_id], capture_output=True, text=True, timeout=30, check=True).stdout
-            return [json.loads(line) for line in out.splitlines() if line.strip()]
-        db = sqlite3.connect(os.path.join(self.relay.data_dir, "relay.db"), timeout=10)
-        db.row_factory = sqlite3.Row
-        try:
-            rows = db.execute("SELECT * FROM usage_logs WHERE api_key_id = ? ORDER BY id",
-                              (key_id,)).fetchall()
-            return [dict(r) for r in rows]
-        finally:
-            db.close()
-
     def wait_rows(self, key_id, n, timeout=10):
-        rows = wait_until(lambda: (lambda rs: rs if len(rs) >= n else None)(
-            self.usage_rows(key_id)), timeout, "%d usage rows" % n)
+        rows = self.wait_usage_rows(key_id, n, timeout)
         self.assertEqual(len(rows), n, "more usage rows than requests")
         return rows
 
@@ -170,7 +153,7 @@ class QuotaTest(LimitsBase):
     @classmethod
     def relay_env(cls):
         if "cfg_path" not in cls.__dict__:
-            cls.cfg_path = write_config("usage:\n  reservation_ceiling: %d\n" % CEILING)
+            cls.cfg_path = write_config(cls, "usage:\n  reservation_ceiling: %d\n" % CEILING)
         return {"RELAY_CONFIG": cls.cfg_path}
 
     def reserved_for(self, max_tokens):
@@ -508,7 +491,7 @@ class TrustedProxyTest(LimitsBase):
     @classmethod
     def relay_env(cls):
         if "cfg_path" not in cls.__dict__:
-            cls.cfg_path = write_config("server:\n  trusted_proxies: [\"127.0.0.1\"]\n")
+            cls.cfg_path = write_config(cls, "server:\n  trusted_proxies: [\"127.0.0.1\"]\n")
         return {"RELAY_CONFIG": cls.cfg_path}
 
     def test_forwarded_ipv4_through_a_trusted_proxy(self):
@@ -572,7 +555,7 @@ class SharedRedisTest(LimitsBase):
     @classmethod
     def relay_env(cls):
         if "cfg_path" not in cls.__dict__:
-            cls.cfg_path = write_config(SHARED_TIERS)
+            cls.cfg_path = write_config(cls, SHARED_TIERS)
         return {"RELAY_CONFIG": cls.cfg_path}
 
     @classmethod
