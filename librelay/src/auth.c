@@ -23,6 +23,7 @@
 typedef struct fail_entry {
     char ip[64];
     int count;
+    int in_flight; /* attempts past the lockout check whose outcome is not yet counted */
     int64_t window_start, locked_until, last_seen;
 } fail_entry_t;
 
@@ -305,46 +306,94 @@ int relay_auth_verify_token(relay_t *r, const char *token, char *subject_out, si
 
 /* ---- login ---- */
 
-/* The entry for ip, creating it (evicting the least recently seen when full). Under st->mu. */
+/*
+ * The entry for ip, creating it (evicting the least recently seen without attempts in flight when
+ * full; NULL when there is none). Under st->mu.
+ */
 static fail_entry_t *fail_entry(struct relay_auth_state *st, const char *ip, int create)
 {
     fail_entry_t *oldest = NULL;
     for (size_t i = 0; i < st->nfails; i++) {
         if (strcmp(st->fails[i].ip, ip) == 0)
             return &st->fails[i];
-        if (!oldest || st->fails[i].last_seen < oldest->last_seen)
+        if (!st->fails[i].in_flight && (!oldest || st->fails[i].last_seen < oldest->last_seen))
             oldest = &st->fails[i];
     }
     if (!create)
         return NULL;
     fail_entry_t *e = st->nfails < FAIL_TABLE_MAX ? &st->fails[st->nfails++] : oldest;
+    if (!e)
+        return NULL;
     memset(e, 0, sizeof *e);
     relay_strlcpy(e->ip, ip, sizeof e->ip);
     return e;
 }
 
-/* Seconds ip stays locked out, 0 when it may try. */
-static int64_t locked_for(relay_t *r, const char *ip)
+static int max_failures(relay_t *r)
+{
+    return r->opts.login_max_failures > 0 ? r->opts.login_max_failures : 1;
+}
+
+/* Failures of e that still count: none after a served cool-down or once the window is over. */
+static int live_failures(relay_t *r, const fail_entry_t *e, int64_t now)
+{
+    if (e->locked_until || now - e->window_start >= r->opts.login_window_s)
+        return 0;
+    return e->count;
+}
+
+/*
+ * Starts one attempt from ip: 0 when it may check the password, else the seconds to wait.
+ * Attempts in flight count as failures until their outcome is known, in the same critical section
+ * as the check: parallel attempts cannot all pass it and outrun login_max_failures.
+ * Every 0 is followed by exactly one record_failure, clear_failures or attempt_end.
+ */
+static int64_t attempt_begin(relay_t *r, const char *ip)
 {
     struct relay_auth_state *st = r->auth;
     int64_t now = relay_now(), left = 0;
     pthread_mutex_lock(&st->mu);
-    fail_entry_t *e = fail_entry(st, ip, 0);
-    if (e && e->locked_until > now)
+    fail_entry_t *e = fail_entry(st, ip, 1);
+    if (!e)
+        left = 1; /* the table is all attempts in flight */
+    else if (e->locked_until > now)
         left = e->locked_until - now;
+    else if (live_failures(r, e, now) + e->in_flight >= max_failures(r))
+        left = 1; /* the attempts in flight may lock ip out: known within a bcrypt */
+    if (e && !left) {
+        e->in_flight++;
+        e->last_seen = now;
+    }
     pthread_mutex_unlock(&st->mu);
     return left;
 }
 
-/* Counts a failure; returns 1 when it locks ip out. */
+/* Ends an attempt whose outcome was neither success nor failure (the store failed). */
+static void attempt_end(relay_t *r, const char *ip)
+{
+    struct relay_auth_state *st = r->auth;
+    pthread_mutex_lock(&st->mu);
+    fail_entry_t *e = fail_entry(st, ip, 0);
+    if (e && e->in_flight > 0)
+        e->in_flight--;
+    pthread_mutex_unlock(&st->mu);
+}
+
+/* Counts a failure and ends the attempt; returns 1 when it locks ip out. */
 static int record_failure(relay_t *r, const char *ip)
 {
     struct relay_auth_state *st = r->auth;
     int64_t now = relay_now();
     int locked = 0, count;
     pthread_mutex_lock(&st->mu);
-    fail_entry_t *e = fail_entry(st, ip, 1);
-    if (e->locked_until > now) { /* a racing attempt that passed the check before the lock */
+    fail_entry_t *e = fail_entry(st, ip, 0); /* kept since attempt_begin: in flight */
+    if (!e) {
+        pthread_mutex_unlock(&st->mu);
+        return 0;
+    }
+    if (e->in_flight > 0)
+        e->in_flight--;
+    if (e->locked_until > now) { /* already locked: nothing more to count */
         pthread_mutex_unlock(&st->mu);
         return 1;
     }
@@ -356,7 +405,7 @@ static int record_failure(relay_t *r, const char *ip)
     e->count++;
     e->last_seen = now;
     count = e->count;
-    if (e->count >= r->opts.login_max_failures) {
+    if (e->count >= max_failures(r)) {
         e->locked_until = now + r->opts.login_cooldown_s;
         locked = 1;
     }
@@ -368,13 +417,20 @@ static int record_failure(relay_t *r, const char *ip)
     return locked;
 }
 
+/* A success: ends the attempt and forgets ip's failures (the entry stays while others are in
+ * flight, to count them). */
 static void clear_failures(relay_t *r, const char *ip)
 {
     struct relay_auth_state *st = r->auth;
     pthread_mutex_lock(&st->mu);
     fail_entry_t *e = fail_entry(st, ip, 0);
-    if (e)
+    if (e && e->in_flight > 1) {
+        e->in_flight--;
+        e->count = 0;
+        e->locked_until = 0;
+    } else if (e) {
         *e = st->fails[--st->nfails];
+    }
     pthread_mutex_unlock(&st->mu);
 }
 
@@ -420,14 +476,16 @@ int relay_auth_login(relay_t *r, const char *username, const char *password, con
         return rc;
     char ip[64];
     safe_ip(client_ip, ip);
-    int64_t left = locked_for(r, ip);
+    int64_t left = attempt_begin(r, ip);
     if (left > 0)
         return relay_error_set(err, RELAY_ERR_LOGIN_LOCKED,
                                "too many failed login attempts; try again in %lld seconds",
                                (long long)left);
     rc = credentials_ok(r, username, password, err);
-    if (rc < 0)
+    if (rc < 0) {
+        attempt_end(r, ip);
         return rc;
+    }
     if (rc == 0) {
         record_failure(r, ip);
         return relay_error_set(err, RELAY_ERR_AUTH, LOGIN_FAIL_MSG);

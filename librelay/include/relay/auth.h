@@ -39,7 +39,9 @@ RELAY_API int relay_auth_take_generated_password(relay_t *r, char *buf, size_t c
  * client_ip (may be NULL: counted as "unknown"). On success *token_out is a JWT (free with
  * relay_free_string) valid for *expires_in_out seconds.
  * RELAY_ERR_AUTH "invalid username or password"; RELAY_ERR_LOGIN_LOCKED after more than
- * login_max_failures failures from one IP within login_window_s, until login_cooldown_s passes;
+ * login_max_failures failures from one IP within login_window_s, until login_cooldown_s passes,
+ * and while that IP's attempts still being checked could use up the failures it has left (so
+ * parallel attempts get no more guesses than sequential ones);
  * RELAY_ERR_UNAVAILABLE when no secret_key (SECRET_KEY) is configured.
  */
 RELAY_API int relay_auth_login(relay_t *r, const char *username, const char *password,
