@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <time.h>
 
 #include "relay/limits.h"
@@ -119,6 +120,35 @@ static int read_body(struct mg_connection *conn, server_request_t *req, long lon
     return 0;
 }
 
+/*
+ * Every X-Forwarded-For line joined in order: a proxy may add its own line after the client's,
+ * and CivetWeb's mg_get_header would return only the first (the client's, forgeable). When they
+ * do not fit, only the last line (the nearest proxy's) is kept. X-Real-IP: the last one.
+ */
+static const char *forwarded_for(const struct mg_request_info *ri, char *xff, size_t cap)
+{
+    const char *xri = NULL, *last = NULL;
+    size_t len = 0;
+    int overflow = 0;
+    xff[0] = '\0';
+    for (int i = 0; i < ri->num_headers; i++) {
+        const char *n = ri->http_headers[i].name, *v = ri->http_headers[i].value;
+        if (!strcasecmp(n, "X-Real-IP"))
+            xri = v;
+        if (strcasecmp(n, "X-Forwarded-For"))
+            continue;
+        last = v;
+        int w = snprintf(xff + len, cap - len, "%s%s", len ? ", " : "", v);
+        if (w < 0 || (size_t)w >= cap - len)
+            overflow = 1;
+        else
+            len += (size_t)w;
+    }
+    if (overflow && (!last || snprintf(xff, cap, "%s", last) >= (int)cap))
+        xff[0] = '\0';
+    return xri;
+}
+
 int server_request_read(server_t *s, struct mg_connection *conn, server_request_t *req,
                         size_t max_body)
 {
@@ -135,10 +165,12 @@ int server_request_read(server_t *s, struct mg_connection *conn, server_request_
     req->http.headers = req->headers;
     req->http.n_headers = (size_t)nh;
     /* The socket peer, unless it is a trusted proxy that says who it forwards for. */
-    if (relay_limits_client_ip(
-            ri->remote_addr, mg_get_header(conn, "X-Forwarded-For"),
-            mg_get_header(conn, "X-Real-IP"), (const char *const *)s->cfg->trusted_proxies.items,
-            s->cfg->trusted_proxies.n, req->client_ip, sizeof req->client_ip) != 0)
+    char xff[2048];
+    const char *xri = forwarded_for(ri, xff, sizeof xff);
+    if (relay_limits_client_ip(ri->remote_addr, xff[0] ? xff : NULL, xri,
+                               (const char *const *)s->cfg->trusted_proxies.items,
+                               s->cfg->trusted_proxies.n, req->client_ip,
+                               sizeof req->client_ip) != 0)
         snprintf(req->client_ip, sizeof req->client_ip, "%s", ri->remote_addr);
     req->http.client_ip = req->client_ip;
     if (ri->content_length > (long long)max_body) {
@@ -203,19 +235,24 @@ void server_write_error(struct mg_connection *conn, int code, const char *messag
 /* ---- the streaming sink ---- */
 static int sink_head(void *ud, int status, const relay_http_header_t *headers, size_t n)
 {
-    struct mg_connection *conn = ud;
+    server_sink_t *ctx = ud;
+    struct mg_connection *conn = ctx->conn;
     if (mg_response_header_start(conn, status) != 0)
         return -1;
     for (size_t i = 0; i < n; i++)
         mg_response_header_add(conn, headers[i].name, headers[i].value, -1);
-    mg_response_header_add(conn, "Transfer-Encoding", "chunked", -1);
+    if (!ctx->head_only)
+        mg_response_header_add(conn, "Transfer-Encoding", "chunked", -1);
     mg_response_header_add(conn, "X-Accel-Buffering", "no", -1);
     return mg_response_header_send(conn) == 0 ? 0 : -1;
 }
 
 static int sink_body(void *ud, const char *data, size_t len)
 {
-    struct mg_connection *conn = ud;
+    server_sink_t *ctx = ud;
+    struct mg_connection *conn = ctx->conn;
+    if (ctx->head_only)
+        return 0; /* an answer to HEAD has no body */
     while (len) {
         unsigned int n = len > 1u << 30 ? 1u << 30 : (unsigned int)len;
         if (mg_send_chunk(conn, data, n) <= 0)
@@ -226,9 +263,12 @@ static int sink_body(void *ud, const char *data, size_t len)
     return 0;
 }
 
-void server_sink_init(relay_sink_t *sink, struct mg_connection *conn)
+void server_sink_init(relay_sink_t *sink, server_sink_t *ctx, struct mg_connection *conn,
+                      const char *method)
 {
-    sink->ud = conn;
+    ctx->conn = conn;
+    ctx->head_only = strcmp(method, "HEAD") == 0;
+    sink->ud = ctx;
     sink->head = sink_head;
     sink->body = sink_body;
 }

@@ -35,11 +35,15 @@ int route_proxy(server_t *s, struct mg_connection *conn, server_request_t *req)
         }
     }
     relay_sink_t sink;
-    server_sink_init(&sink, conn);
+    server_sink_t ctx;
+    server_sink_init(&sink, &ctx, conn, req->http.method);
     relay_proxy_result_t res;
     relay_proxy(s->relay, &req->http, &sink, &res);
-    /* Close the chunked body (a client that left gets nothing more). */
-    if (res.status && !res.fwd.client_gone)
+    /* Close the chunked body, unless the client left, the answer to HEAD has none, or the
+     * upstream cut a passed-through body (the client must see it incomplete, not whole). */
+    int truncated = res.fwd.cut && !res.fwd.stream && res.fwd.error_code == RELAY_ERR_UPSTREAM &&
+                    res.status >= 200 && res.status < 300;
+    if (res.status && !res.fwd.client_gone && !ctx.head_only && !truncated)
         mg_send_chunk(conn, "", 0);
     if (res.fwd.attempts > 1 || res.fwd.cut || res.fwd.client_gone) {
         char fields[512];

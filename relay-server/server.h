@@ -52,7 +52,12 @@ void server_write_error(struct mg_connection *conn, int code, const char *messag
 /* Writes a JSON body with status. */
 void server_write_json(struct mg_connection *conn, int status, const char *json);
 /* The sink librelay streams a proxied answer into (chunked transfer, flushed per write). */
-void server_sink_init(relay_sink_t *sink, struct mg_connection *conn);
+typedef struct server_sink {
+    struct mg_connection *conn;
+    int head_only; /* a HEAD request: headers only, no body and no chunked framing */
+} server_sink_t;
+void server_sink_init(relay_sink_t *sink, server_sink_t *ctx, struct mg_connection *conn,
+                      const char *method);
 
 /* ---- routes ---- */
 int route_proxy(server_t *s, struct mg_connection *conn, server_request_t *req);

@@ -221,6 +221,7 @@ class FakeUpstream:
             self._count_tokens = None
             self._fail = _Fault()
             self._cut = _Fault()
+            self._cut_json = _Fault()
             self._error_after = _Fault()
             self._first_byte_ms = 0
             self._per_event_ms = 0
@@ -252,6 +253,16 @@ class FakeUpstream:
         """
         with self._lock:
             self._cut = _Fault(None if k is None else int(k), count)
+
+    def cut_json_after(self, nbytes, count=None):
+        """Send a JSON answer's full content-length but close after nbytes of its body. None
+        clears it. count: how many answers to cut (None = every one until cleared)."""
+        with self._lock:
+            self._cut_json = _Fault(None if nbytes is None else int(nbytes), count)
+
+    def _json_cut(self):
+        with self._lock:
+            return self._cut_json.take()
 
     def set_error_after_events(self, k, error_type="overloaded_error", message=None, count=None):
         """After k events of a 200 stream, send `event: error` and end the stream. None clears."""
@@ -608,7 +619,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         if req.get("stream") is True:
             return self._stream(msg_id, model)
         u = plan["usage"]
-        return self._send_json(200, {
+        return self._send_json(200, cut=self.fake._json_cut(), obj={
             "id": msg_id,
             "type": "message",
             "role": "assistant",
@@ -739,7 +750,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         except OSError as e:
             raise _ClientGone() from e
 
-    def _send_json(self, status, obj, extra=()):
+    def _send_json(self, status, obj, extra=(), cut=None):
         data = json.dumps(obj).encode()
         headers = [("content-type", "application/json")] + list(extra)
         if self._plan and self._wants_gzip():
@@ -747,6 +758,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             headers.append(("content-encoding", "gzip"))
         headers.append(("content-length", str(len(data))))
         self._start(status, headers)
+        if cut is not None:
+            self._write(data[:cut])
+            return self._cut()
         if self.command != "HEAD":
             self._write(data)
         self._info["completed"] = True

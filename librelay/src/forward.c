@@ -196,6 +196,28 @@ static int is_hop_or_framing_response_header(const char *name)
     return 0;
 }
 
+/* Frees the upstream request headers, wiping them first: one carries the upstream key. */
+static void free_headers(struct curl_slist *list)
+{
+    for (struct curl_slist *p = list; p; p = p->next)
+        explicit_bzero(p->data, strlen(p->data));
+    curl_slist_free_all(list);
+}
+
+/* Is name one of the comma-separated tokens of list (a Connection header's value)? */
+static int listed_in(const char *list, const char *name)
+{
+    size_t nl = strlen(name);
+    for (const char *p = list; p && *p;) {
+        p += strspn(p, " \t,");
+        size_t tl = strcspn(p, " \t,");
+        if (tl == nl && strncasecmp(p, name, nl) == 0)
+            return 1;
+        p += tl;
+    }
+    return 0;
+}
+
 static struct curl_slist *build_request_headers(relay_t *r, const relay_http_request_t *req,
                                                 int *err)
 {
@@ -203,9 +225,12 @@ static struct curl_slist *build_request_headers(relay_t *r, const relay_http_req
     relay_buf_t line;
     relay_buf_init(&line, 16384);
     *err = 0;
+    /* Headers the client's Connection header names are hop-by-hop too (RFC 9110 7.6.1). */
+    const char *conn_tokens = relay_http_header(req, "connection");
     for (size_t i = 0; i < req->n_headers && !*err; i++) {
         const relay_http_header_t *h = &req->headers[i];
-        if (!h->name || !h->value || is_hop_or_owned_request_header(h->name))
+        if (!h->name || !h->value || is_hop_or_owned_request_header(h->name) ||
+            listed_in(conn_tokens, h->name))
             continue;
         relay_buf_reset(&line);
         if (relay_buf_printf(&line, "%s: %s", h->name, h->value) != 0)
@@ -229,7 +254,7 @@ static struct curl_slist *build_request_headers(relay_t *r, const relay_http_req
     if (!*err && (tmp = curl_slist_append(list, "Expect:")))
         list = tmp;
     if (*err) {
-        curl_slist_free_all(list);
+        free_headers(list);
         list = NULL;
     }
     return list;
@@ -252,6 +277,11 @@ typedef struct fwd {
     int is_last_attempt;
     int head_sent;
     int is_sse;
+    int is_json;           /* content-type application/json */
+    char conn_tokens[256]; /* the upstream's Connection header: names more hop-by-hop headers */
+    int headers_done;      /* this attempt's header block is complete (trailers may follow) */
+    int hold;         /* a 2xx JSON answer is held until it is complete (a cut one becomes a 502) */
+    int got_2xx_body; /* a success answer's body started: the upstream did the work, no retry */
     relay_sse_t *sse;
     relay_buf_t json; /* non-streaming body, for its usage */
     int json_overflow;
@@ -282,15 +312,35 @@ static void send_head(fwd_t *f)
         client_left(f);
 }
 
+/* Seconds of a retry-after header; -1 when absent or not a number (an HTTP date is treated as
+ * absent: the normal backoff applies). Clamped to a day so arithmetic cannot overflow. */
+static int parse_retry_after(const char *v, size_t vl)
+{
+    char buf[32];
+    if (vl == 0 || vl >= sizeof buf)
+        return -1;
+    memcpy(buf, v, vl);
+    buf[vl] = '\0';
+    char *end;
+    long n = strtol(buf, &end, 10);
+    if (end == buf || *end != '\0' || n < 0)
+        return -1;
+    return n > 86400 ? 86400 : (int)n;
+}
+
 /* Remembers a response header; the values live in hdr_store, fixed up once headers are complete. */
 static void keep_header(fwd_t *f, const char *name, size_t nl, const char *value, size_t vl)
 {
     if (strncasecmp(name, "request-id", nl) == 0 && nl == 10)
         snprintf(f->res->request_id, sizeof f->res->request_id, "%.*s", (int)vl, value);
     if (nl == 11 && strncasecmp(name, "retry-after", 11) == 0)
-        f->retry_after_s = atoi(value);
-    if (nl == 12 && strncasecmp(name, "content-type", 12) == 0)
+        f->retry_after_s = parse_retry_after(value, vl);
+    if (nl == 12 && strncasecmp(name, "content-type", 12) == 0) {
         f->is_sse = vl >= 17 && strncasecmp(value, "text/event-stream", 17) == 0;
+        f->is_json = vl >= 16 && strncasecmp(value, "application/json", 16) == 0;
+    }
+    if (nl == 10 && strncasecmp(name, "connection", 10) == 0)
+        snprintf(f->conn_tokens, sizeof f->conn_tokens, "%.*s", (int)vl, value);
     char nm[128];
     snprintf(nm, sizeof nm, "%.*s", (int)(nl < 127 ? nl : 127), name);
     if (is_hop_or_framing_response_header(nm) || f->n_hdrs >= MAX_RESP_HEADERS)
@@ -307,14 +357,25 @@ static void keep_header(fwd_t *f, const char *name, size_t nl, const char *value
 
 static void headers_complete(fwd_t *f)
 {
+    f->headers_done = 1;
+    size_t kept = 0;
     for (size_t i = 0; i < f->n_hdrs; i++) {
-        f->hdrs[i].name = f->hdr_store.data + (uintptr_t)f->hdrs[i].name;
-        f->hdrs[i].value = f->hdr_store.data + (uintptr_t)f->hdrs[i].value;
+        relay_http_header_t h = {f->hdr_store.data + (uintptr_t)f->hdrs[i].name,
+                                 f->hdr_store.data + (uintptr_t)f->hdrs[i].value};
+        if (!listed_in(f->conn_tokens, h.name))
+            f->hdrs[kept++] = h;
     }
+    f->n_hdrs = kept;
     f->discard = is_retryable_status(f->status) && !f->is_last_attempt;
-    if (f->discard && f->retry_after_s > 0 && f->retry_after_s * 1000 > f->r->opts.retry_max_ms)
+    if (f->discard && f->retry_after_s > 0 &&
+        (int64_t)f->retry_after_s * 1000 > (int64_t)f->r->opts.retry_max_ms)
         f->discard = 0; /* longer than we would wait: the client decides */
-    if (!f->discard)
+    if (f->discard)
+        return;
+    /* A JSON answer arrives whole in one go; holding it costs nothing and lets a cut one be
+     * answered with an error instead of a truncated 200. Streams are never held. */
+    f->hold = f->is_json && f->status >= 200 && f->status < 300;
+    if (!f->hold)
         send_head(f);
 }
 
@@ -330,15 +391,18 @@ static size_t on_header(char *data, size_t size, size_t nmemb, void *ud)
         f->n_hdrs = 0;
         f->retry_after_s = -1;
         f->is_sse = 0;
+        f->is_json = 0;
+        f->conn_tokens[0] = '\0';
+        f->headers_done = 0;
         return len;
     }
     if (len <= 2 && (data[0] == '\r' || data[0] == '\n')) {
-        if (f->status >= 200 && !f->head_sent)
+        if (f->status >= 200 && !f->headers_done)
             headers_complete(f);
         return len;
     }
     const char *colon = memchr(data, ':', len);
-    if (!colon)
+    if (!colon || f->headers_done) /* trailers are not passed on */
         return len;
     size_t nl = (size_t)(colon - data);
     const char *v = colon + 1;
@@ -351,6 +415,16 @@ static size_t on_header(char *data, size_t size, size_t nmemb, void *ud)
     return len;
 }
 
+/* Sends the head and what was held of a JSON answer. */
+static void release_held(fwd_t *f)
+{
+    f->hold = 0;
+    send_head(f);
+    if (!f->res->client_gone && f->json.len &&
+        f->sink->body(f->sink->ud, f->json.data, f->json.len) != 0)
+        client_left(f);
+}
+
 static size_t on_body(char *data, size_t size, size_t nmemb, void *ud)
 {
     fwd_t *f = ud;
@@ -361,8 +435,10 @@ static size_t on_body(char *data, size_t size, size_t nmemb, void *ud)
         relay_buf_append(&f->err_body, data, len); /* past the cap: not needed for the log */
         return len;
     }
-    if (!f->head_sent) /* a body without a header block end seen (HTTP/0.9-ish): be safe */
+    if (!f->headers_done) /* a body without a header block end seen: be safe */
         headers_complete(f);
+    if (f->status >= 200 && f->status < 300)
+        f->got_2xx_body = 1;
     if (!f->t_first_byte) {
         f->t_first_byte = now;
         f->res->time_to_first_byte_ms = now - f->t_start;
@@ -372,7 +448,11 @@ static size_t on_body(char *data, size_t size, size_t nmemb, void *ud)
         relay_sse_feed(f->sse, data, len);
     } else if (!f->json_overflow && relay_buf_append(&f->json, data, len) != 0) {
         f->json_overflow = 1;
+        if (f->hold)
+            release_held(f); /* too big to hold: pass it on as it comes */
     }
+    if (f->hold)
+        return len;
     if (!f->res->client_gone && f->sink->body(f->sink->ud, data, len) != 0)
         client_left(f);
     /* Without a stream to drain, a gone client ends the transfer: nothing more to bill. */
@@ -503,9 +583,9 @@ static void complete_usage(fwd_t *f, const relay_http_request_t *req)
     } else if (!f->json_overflow && f->json.len) {
         relay_usage_parse_json(&res->usage, f->json.data, f->json.len);
     }
-    /* The upstream charges only a Messages call it answered with success; a stream cut later
-     * was still charged for what it produced. */
-    if (res->status < 200 || res->status >= 300 || !relay_forward_is_billable(req))
+    /* The upstream charges only a Messages call it answered with success (its own status, not
+     * what the client was sent); an answer cut later was still charged for what it produced. */
+    if (f->status < 200 || f->status >= 300 || !relay_forward_is_billable(req))
         return;
     int complete =
         f->is_sse ? res->usage.saw_message_stop && res->usage.has_final : res->usage.has_usage;
@@ -520,7 +600,12 @@ static void complete_usage(fwd_t *f, const relay_http_request_t *req)
                 snprintf(res->usage.model, sizeof res->usage.model, "%s", info.model);
         }
     }
-    if (f->is_sse) {
+    if (!f->is_sse && f->json.len) {
+        /* A cut JSON answer: its text so far is the best measure of the output. */
+        int64_t est = relay_tokens_count_text(f->r->tokenizer, f->json.data, f->json.len);
+        if (est > res->usage.output_tokens)
+            res->usage.output_tokens = est;
+    } else if (f->is_sse) {
         size_t len = 0, total = 0;
         const char *text = relay_sse_output_text(f->sse, &len, &total);
         int64_t est = relay_tokens_count_text(f->r->tokenizer, text, len);
@@ -546,7 +631,9 @@ static CURLcode run_attempt(fwd_t *f, CURL *h, int attempt)
 {
     f->is_last_attempt = attempt >= f->r->opts.max_retries;
     f->status = 0;
+    f->headers_done = 0;
     f->discard = 0;
+    f->hold = 0;
     f->retry_after_s = -1;
     f->n_hdrs = 0;
     f->t_attempt = relay_mono_ms();
@@ -574,23 +661,26 @@ static int perform(fwd_t *f, CURL *h, const relay_http_request_t *req)
     CURLcode cc = CURLE_OK;
     for (int attempt = 0;; attempt++) {
         cc = run_attempt(f, h, attempt);
-        int failed_before_client = !f->head_sent && (cc != CURLE_OK || f->discard);
+        int failed_before_client =
+            !f->head_sent && !f->got_2xx_body && (cc != CURLE_OK || f->discard);
         if (!failed_before_client || attempt >= f->r->opts.max_retries)
             break;
         int wait = backoff_ms(f->r, attempt, f->discard ? f->retry_after_s : -1);
         log_retry(f, attempt, cc, wait);
         sleep_ms(wait);
     }
-    if (f->discard && !f->head_sent) {
-        /* The last attempt was still a retryable status (retries were exhausted or not allowed):
-         * the client gets it as the upstream said it. */
-        send_head(f);
-        if (!f->res->client_gone && f->err_body.len &&
-            f->sink->body(f->sink->ud, f->err_body.data, f->err_body.len))
-            client_left(f);
-        f->res->response_bytes += (int64_t)f->err_body.len;
-        if (!f->is_sse)
-            relay_buf_append(&f->json, f->err_body.data, f->err_body.len);
+    if (f->hold) {
+        /* A held JSON answer: sent now if it is whole; a cut one becomes an error, as nothing of
+         * it reached the client (it is still billed by estimate: the upstream did the work). */
+        relay_usage_t probe;
+        if (cc == CURLE_OK && relay_usage_parse_json(&probe, f->json.data, f->json.len) == 0) {
+            release_held(f);
+            return 0;
+        }
+        f->hold = 0;
+        f->res->cut = 1;
+        write_relay_error(f, RELAY_ERR_UPSTREAM, "upstream answer was cut off");
+        return f->res->error_code;
     }
     if (cc == CURLE_OK)
         return 0;
@@ -639,6 +729,8 @@ int relay_forward(relay_t *r, const relay_http_request_t *req, const relay_sink_
     if (!h || relay_sse_new(&f.sse, 0) != 0) {
         write_relay_error(&f, RELAY_ERR_NOMEM, "out of memory");
         rc = RELAY_ERR_NOMEM;
+        if (h)
+            easy_put(r->forward, h);
     } else {
         setup_easy(&f, h, req, url, headers);
         rc = perform(&f, h, req);
@@ -646,7 +738,7 @@ int relay_forward(relay_t *r, const relay_http_request_t *req, const relay_sink_
         curl_easy_setopt(h, CURLOPT_HTTPHEADER, NULL);
         easy_put(r->forward, h);
     }
-    curl_slist_free_all(headers);
+    free_headers(headers);
     res->stream = f.is_sse;
     res->duration_ms = relay_mono_ms() - f.t_start;
     complete_usage(&f, req);

@@ -63,10 +63,12 @@ static int refuse(const relay_sink_t *sink, relay_proxy_result_t *res, int code,
     return gone ? RELAY_ERR_CLIENT_GONE : 0;
 }
 
-static int is_messages_path(const relay_http_request_t *req)
+/* Bodies the relay reads: every billed call (for its reservation and model check) and
+ * count_tokens (for its model check). */
+static int reads_body(const relay_http_request_t *req)
 {
-    return strcmp(req->method, "POST") == 0 && strncmp(req->path, "/v1/messages", 12) == 0 &&
-           (req->path[12] == '\0' || strcmp(req->path + 12, "/count_tokens") == 0);
+    return relay_forward_is_billable(req) || (strcmp(req->method, "POST") == 0 &&
+                                              strcmp(req->path, "/v1/messages/count_tokens") == 0);
 }
 
 /* The usage row of a forwarded (or refused) request. */
@@ -163,7 +165,7 @@ int relay_proxy(relay_t *r, const relay_http_request_t *req, const relay_sink_t 
         rc = refuse(sink, res, RELAY_ERR_TOO_LARGE, NULL, "size", NULL);
         goto log_refusal;
     }
-    if (is_messages_path(req) &&
+    if (reads_body(req) &&
         relay_tokens_count_request(r->tokenizer, req->body, req->body_len, &info) != 0) {
         rc =
             refuse(sink, res, RELAY_ERR_INVALID, "request body is not valid JSON", "invalid", NULL);

@@ -217,9 +217,12 @@ static void *writer_main(void *arg)
             continue;
         }
         u->stats.failed_batches++;
+        /* The log callback does I/O: never under the lock every request thread needs. */
+        pthread_mutex_unlock(&u->mu);
         relay_log(r, RELAY_LOG_WARN, "usage.write_failed", NULL,
                   "writing %zu usage rows failed (%s); retrying in %d ms, rows kept", n,
                   relay_strerror(rc), backoff_ms);
+        pthread_mutex_lock(&u->mu);
         /* On stop, keep trying for a bounded time so rows are not lost to a brief outage. */
         if (u->stopping && backoff_ms >= 3200)
             break;
@@ -228,10 +231,11 @@ static void *writer_main(void *arg)
         pthread_cond_timedwait(&u->wake, &u->mu, &dl);
         backoff_ms = backoff_ms < 5000 ? backoff_ms * 2 : 5000;
     }
-    if (u->count)
-        relay_log(r, RELAY_LOG_ERROR, "usage.unwritten_at_stop", NULL,
-                  "%zu usage rows could not be written", u->count);
+    size_t left = u->count;
     pthread_mutex_unlock(&u->mu);
+    if (left)
+        relay_log(r, RELAY_LOG_ERROR, "usage.unwritten_at_stop", NULL,
+                  "%zu usage rows could not be written", left);
     free(batch);
     return NULL;
 }

@@ -1,6 +1,7 @@
 """End-to-end: forwarding and usage accounting (issue 4) through the real relay-server and the
 fake upstream, on SQLite and (with RELAY_TEST_PG_URL) PostgreSQL."""
 
+import http.client
 import json
 import os
 import sqlite3
@@ -30,33 +31,12 @@ class ProxyBase(relaytest.RelayTestCase):
         h.update(extra)
         return h
 
-    def usage_rows(self, key_id=None):
-        """usage_logs rows of the key (oldest first) read straight from the database."""
-        key_id = key_id or self.key_obj["id"]
-        if self.pg:
-            out = subprocess.run(
-                ["psql", self.pg.url, "-X", "-q", "-A", "-t", "-c",
-                 "SELECT row_to_json(u) FROM usage_logs u WHERE api_key_id = '%s' ORDER BY id"
-                 % key_id], capture_output=True, text=True, timeout=30, check=True).stdout
-            return [json.loads(line) for line in out.splitlines() if line.strip()]
-        db = sqlite3.connect(os.path.join(self.relay.data_dir, "relay.db"), timeout=10)
-        db.row_factory = sqlite3.Row
-        try:
-            rows = db.execute("SELECT * FROM usage_logs WHERE api_key_id = ? ORDER BY id",
-                              (key_id,)).fetchall()
-            return [dict(r) for r in rows]
-        finally:
-            db.close()
-
     def wait_rows(self, n, key_id=None, timeout=10):
-        return wait_until(lambda: (lambda rows: rows if len(rows) >= n else None)(
-            self.usage_rows(key_id)), timeout, "%d usage rows" % n)
+        """At least n usage rows of key_id (default: this test's key)."""
+        return self.wait_usage_rows(key_id or self.key_obj["id"], n, timeout)
 
     def key_state(self):
-        st, js, _ = self.relay.json_request("GET", "/admin/api-keys/" + self.key_obj["id"],
-                                            headers=self.relay.admin_headers())
-        self.assertEqual(st, 200)
-        return js
+        return super().key_state(self.key_obj["id"])
 
 
 @both_stores
@@ -200,6 +180,18 @@ class TestForwarding(ProxyBase):
         self.assertEqual(row["prompt_tokens"], 25)  # message_start arrived before the cut
         self.assertGreater(row["completion_tokens"], 1)  # estimated from the text received
 
+    def test_cut_json_answer_is_a_502_and_billed_by_estimate(self):
+        self.fake.set_scenario(text="word " * 300)
+        self.fake.cut_json_after(400)
+        r = self.relay.request("POST", "/v1/messages", messages_body(), self.hdrs())
+        self.assertEqual(r.status, 502)
+        self.assertEqual(r.json()["error"]["type"], "api_error")
+        self.assertEqual(len(self.fake.requests()), 1, "the upstream did the work: no retry")
+        row = self.wait_rows(1)[0]
+        self.assertEqual((row["estimated"], row["is_error"], row["response_status"]), (1, 1, 502))
+        self.assertGreater(row["prompt_tokens"], 0)
+        self.assertGreater(row["completion_tokens"], 0)
+
     def test_error_event_after_200(self):
         self.fake.set_error_after_events(4, "overloaded_error")
         with self.relay.stream("POST", "/v1/messages", messages_body(stream=True),
@@ -286,6 +278,72 @@ class TestEdges(ProxyBase):
         self.assertGreater(times[-1] - times[0], 1.5)
         gaps = [b - a for a, b in zip(times, times[1:])]
         self.assertGreaterEqual(sum(1 for g in gaps if g > 0.15), 6)
+
+    def test_head_answer_has_no_body_and_keeps_the_connection_usable(self):
+        conn = http.client.HTTPConnection("127.0.0.1", self.relay.port, timeout=10)
+        try:
+            conn.request("HEAD", "/v1/models", headers=self.hdrs())
+            r = conn.getresponse()
+            self.assertEqual(r.read(), b"")
+            conn.request("GET", "/v1/models", headers=self.hdrs())
+            r = conn.getresponse()
+            self.assertEqual(r.status, 200)
+            self.assertIn("data", json.loads(r.read()))
+        finally:
+            conn.close()
+
+    def test_huge_retry_after_is_passed_to_the_client(self):
+        self.fake.fail_next(1, 529, retry_after=3000000)
+        t0 = time.monotonic()
+        r = self.relay.request("POST", "/v1/messages", messages_body(), self.hdrs())
+        self.assertEqual(r.status, 529)
+        self.assertEqual(r.header("retry-after"), "3000000")
+        self.assertLess(time.monotonic() - t0, 5)
+        self.assertEqual(len(self.fake.requests()), 1)
+
+    def test_http_date_retry_after_uses_the_normal_backoff(self):
+        self.fake.fail_next(1, 503, retry_after="Wed, 21 Oct 2015 07:28:00 GMT")
+        r = self.relay.request("POST", "/v1/messages", messages_body(), self.hdrs())
+        self.assertEqual(r.status, 200)
+        recs = self.fake.requests()
+        self.assertEqual(len(recs), 2)
+        self.assertGreater(recs[1]["time"] - recs[0]["time"], 0.2)  # base 500 ms, equal jitter
+
+    def test_headers_named_in_connection_are_not_forwarded(self):
+        h = self.hdrs(**{"connection": "keep-alive, x-hop-secret", "x-hop-secret": "1",
+                         "x-end-to-end": "2"})
+        self.assertEqual(self.relay.request("POST", "/v1/messages", messages_body(), h).status, 200)
+        got = self.fake.requests()[-1]["headers"]
+        self.assertNotIn("x-hop-secret", got)
+        self.assertEqual(got.get("x-end-to-end"), "2")
+
+    def test_forwarded_for_from_a_trusted_proxy_is_read_whole(self):
+        cfg = os.path.join(self.relay.workdir, "proxies.yaml")
+        with open(cfg, "w") as f:
+            f.write('server:\n  trusted_proxies: ["127.0.0.1"]\n')
+        relay = self.start_relay({"RELAY_CONFIG": cfg})
+        key, obj = relay.create_key()
+        conn = RawConnection(relay.port)
+        body = json.dumps(messages_body()).encode()
+        head = ("POST /v1/messages HTTP/1.1\r\nHost: x\r\nx-api-key: %s\r\n"
+                "anthropic-version: 2023-06-01\r\ncontent-type: application/json\r\n"
+                # the client's forged line first, the proxy's own line after it
+                "X-Forwarded-For: 203.0.113.66\r\nX-Forwarded-For: 198.51.100.7\r\n"
+                "Content-Length: %d\r\nConnection: close\r\n\r\n" % (key, len(body)))
+        conn.send(head.encode() + body)
+        self.assertIn(b" 200 ", conn.recv_all().split(b"\r\n")[0])
+        conn.close()
+        rows = wait_until(lambda: (lambda rows: rows if rows else None)(
+            self.usage_rows_of(relay, obj["id"])), 10, "usage row")
+        self.assertEqual(rows[0]["client_ip"], "198.51.100.7")
+
+    def usage_rows_of(self, relay, key_id):
+        db = sqlite3.connect(os.path.join(relay.data_dir, "relay.db"), timeout=10)
+        try:
+            rows = db.execute("SELECT client_ip FROM usage_logs WHERE api_key_id = ?", (key_id,))
+            return [{"client_ip": r[0]} for r in rows.fetchall()]
+        finally:
+            db.close()
 
     def test_base_url_with_v1_is_not_doubled(self):
         relay = self.start_relay({"UPSTREAM_API_URL": self.fake.url + "/v1/"})
