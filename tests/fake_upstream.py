@@ -162,6 +162,9 @@ class FakeUpstream:
         self._httpd = None
         self._thread = None
         self._conns = set()
+        # Answers being written now: a live count, so reset() leaves it alone (zeroing it while a
+        # handler finishes would take it below zero).
+        self._inflight = 0
         self.reset()
 
     # ---- lifecycle ---------------------------------------------------------------------------
@@ -227,7 +230,6 @@ class FakeUpstream:
             self._per_event_ms = 0
             self._gzip = False
             self._held = False
-            self._inflight = 0
             self._records = []
             self._ratelimit_limit = 1000
             self._window = (0, 0)  # (minute, requests seen in it)
