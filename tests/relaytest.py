@@ -15,6 +15,7 @@ import secrets
 import shutil
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -777,6 +778,41 @@ class RelayTestCase(unittest.TestCase):
     def setUp(self):
         super().setUp()
         self.fake.reset()
+
+    # ---- what the relay stored ---------------------------------------------------------------
+    def usage_rows(self, key_id, relay=None):
+        """usage_logs rows of the key (oldest first), read straight from the database: the
+        class's PostgreSQL database through psql, else relay's (default self.relay) SQLite file."""
+        if self.pg:
+            out = subprocess.run(
+                ["psql", self.pg.url, "-X", "-q", "-A", "-t", "-c",
+                 "SELECT row_to_json(u) FROM usage_logs u WHERE api_key_id = '%s' ORDER BY id"
+                 % key_id], capture_output=True, text=True, timeout=30, check=True).stdout
+            return [json.loads(line) for line in out.splitlines() if line.strip()]
+        relay = relay or self.relay
+        db = sqlite3.connect(os.path.join(relay.data_dir, "relay.db"), timeout=10)
+        db.row_factory = sqlite3.Row
+        try:
+            rows = db.execute("SELECT * FROM usage_logs WHERE api_key_id = ? ORDER BY id",
+                              (key_id,)).fetchall()
+            return [dict(r) for r in rows]
+        finally:
+            db.close()
+
+    def wait_usage_rows(self, key_id, n, timeout=10):
+        """The key's usage rows once there are at least n (the usage writer stores them after
+        the answer, in batches)."""
+        return wait_until(lambda: (lambda rows: rows if len(rows) >= n else None)(
+            self.usage_rows(key_id)), timeout, "%d usage rows" % n)
+
+    def key_state(self, key_id, relay=None, headers=None):
+        """The key as GET /admin/api-keys/{id} shows it (asserting 200), on relay (default
+        self.relay) with headers (default: a fresh admin login)."""
+        relay = relay or self.relay
+        st, js, r = relay.json_request("GET", "/admin/api-keys/" + key_id,
+                                       headers=headers or relay.admin_headers())
+        self.assertEqual(st, 200, r.body)
+        return js
 
 
 def both_stores(cls):
