@@ -4,7 +4,6 @@ fake upstream, on SQLite and (with RELAY_TEST_PG_URL) PostgreSQL."""
 import http.client
 import json
 import os
-import sqlite3
 import subprocess
 import time
 import unittest
@@ -334,16 +333,8 @@ class TestEdges(ProxyBase):
         self.assertIn(b" 200 ", conn.recv_all().split(b"\r\n")[0])
         conn.close()
         rows = wait_until(lambda: (lambda rows: rows if rows else None)(
-            self.usage_rows_of(relay, obj["id"])), 10, "usage row")
+            self.usage_rows(obj["id"], relay)), 10, "usage row")
         self.assertEqual(rows[0]["client_ip"], "198.51.100.7")
-
-    def usage_rows_of(self, relay, key_id):
-        db = sqlite3.connect(os.path.join(relay.data_dir, "relay.db"), timeout=10)
-        try:
-            rows = db.execute("SELECT client_ip FROM usage_logs WHERE api_key_id = ?", (key_id,))
-            return [{"client_ip": r[0]} for r in rows.fetchall()]
-        finally:
-            db.close()
 
     def test_base_url_with_v1_is_not_doubled(self):
         relay = self.start_relay({"UPSTREAM_API_URL": self.fake.url + "/v1/"})
