@@ -6,7 +6,6 @@
 #include <stdint.h>
 #include <cmocka.h>
 
-#include <ftw.h>
 #include <inttypes.h>
 #include <pthread.h>
 #include <stdatomic.h>
@@ -18,9 +17,14 @@
 #include "limits_internal.h"
 #include "relay/limits.h"
 #include "relay/relay.h"
+#include "testlimits.h"
+#include "testrelay.h"
 #include "util.h"
 
 /* ---- fixture: a relay_t on a fresh SQLite file, with a clock the test moves ---- */
+
+/* Every request's model; only test_allowlists_in_admit gives its key a model allowlist. */
+#define MODEL "claude-sonnet-4-5"
 
 static const relay_tier_def_t TEST_TIERS[] = {
     {"basic", 100, 60, 0, 0}, {"t3", 3, 60, 0, 0},     {"unl", -1, 60, 0, 0},
@@ -38,29 +42,18 @@ static int64_t fake_clock(void *ud)
     return atomic_load(&((fixture_t *)ud)->now_ms);
 }
 
-static int rm_entry(const char *path, const struct stat *sb, int flag, struct FTW *ftw)
-{
-    (void)sb, (void)flag, (void)ftw;
-    return remove(path);
-}
-
 static fixture_t *fixture_new(int64_t ceiling)
 {
     fixture_t *f = calloc(1, sizeof *f);
     assert_non_null(f);
     strcpy(f->dir, "/tmp/relay-limits-XXXXXX");
-    assert_non_null(mkdtemp(f->dir));
     relay_options_t o;
     relay_options_init(&o);
-    o.data_dir = f->dir;
     o.tiers = TEST_TIERS;
     o.n_tiers = sizeof TEST_TIERS / sizeof TEST_TIERS[0];
     if (ceiling)
         o.reservation_ceiling = ceiling;
-    relay_error_t err = {0};
-    int rc = relay_new(&f->r, &o, &err);
-    if (rc)
-        fail_msg("relay_new: %s", err.message);
+    f->r = testrelay_new_in_tmpdir(f->dir, &o);
     atomic_store(&f->now_ms, 1700000000000LL);
     relay_limits_set_clock_for_tests(f->r, fake_clock, f);
     return f;
@@ -68,8 +61,7 @@ static fixture_t *fixture_new(int64_t ceiling)
 
 static void fixture_free(fixture_t *f)
 {
-    relay_free(f->r);
-    nftw(f->dir, rm_entry, 8, FTW_DEPTH | FTW_PHYS);
+    testrelay_free_dir(f->r, f->dir);
     free(f);
 }
 
@@ -83,27 +75,6 @@ static int teardown(void **state)
 {
     fixture_free(*state);
     return 0;
-}
-
-static void key_init(relay_key_record_t *k, const char *tier, int64_t limit, int64_t used)
-{
-    memset(k, 0, sizeof *k);
-    assert_int_equal(relay_uuid4(k->id, sizeof k->id), 0);
-    relay_strlcpy(k->rate_limit_tier, tier, sizeof k->rate_limit_tier);
-    k->token_limit = limit;
-    k->token_used = used;
-    k->is_active = 1;
-}
-
-static relay_admit_request_t req_for(const relay_key_record_t *k, int64_t input, int64_t max_tokens)
-{
-    relay_admit_request_t q = {.key = k,
-                               .client_ip = "127.0.0.1",
-                               .model = "claude-sonnet-4-5",
-                               .input_tokens_estimate = input,
-                               .max_tokens = max_tokens,
-                               .consumes_quota = 1};
-    return q;
 }
 
 static int admit(fixture_t *f, const relay_admit_request_t *q, relay_admission_t *a,
@@ -243,8 +214,8 @@ static void test_requests_exact_count_and_retry_after(void **state)
 {
     fixture_t *f = *state;
     relay_key_record_t k;
-    key_init(&k, "t3", 0, 0);
-    relay_admit_request_t q = req_for(&k, 10, 10);
+    testlimits_key_init(&k, "t3", 0, 0);
+    relay_admit_request_t q = testlimits_req(&k, MODEL, 10, 10);
     relay_admission_t a;
     relay_error_t err;
     int64_t t0 = atomic_load(&f->now_ms);
@@ -302,8 +273,8 @@ static void test_no_double_burst_at_window_edge(void **state)
 {
     fixture_t *f = *state;
     relay_key_record_t k;
-    key_init(&k, "t3", 0, 0);
-    relay_admit_request_t q = req_for(&k, 1, 1);
+    testlimits_key_init(&k, "t3", 0, 0);
+    relay_admit_request_t q = testlimits_req(&k, MODEL, 1, 1);
     relay_admission_t a;
     /* A fixed minute window would reset at 60 s and let 3 more through at once. */
     int64_t t0 = atomic_load(&f->now_ms) / 60000 * 60000;
@@ -324,8 +295,8 @@ static void test_unlimited_and_unknown_tier(void **state)
 {
     fixture_t *f = *state;
     relay_key_record_t k;
-    key_init(&k, "unl", 0, 0);
-    relay_admit_request_t q = req_for(&k, 1, 1);
+    testlimits_key_init(&k, "unl", 0, 0);
+    relay_admit_request_t q = testlimits_req(&k, MODEL, 1, 1);
     relay_admission_t a;
     for (int i = 0; i < 2000; i++) {
         assert_int_equal(admit(f, &q, &a, NULL), 0);
@@ -333,7 +304,7 @@ static void test_unlimited_and_unknown_tier(void **state)
     }
     assert_int_equal(a.requests_limit, -1);
     /* A tier that vanished falls back to the default tier (basic: 100 per 60 s). */
-    key_init(&k, "deleted-tier", 0, 0);
+    testlimits_key_init(&k, "deleted-tier", 0, 0);
     for (int i = 0; i < 100; i++)
         assert_int_equal(admit(f, &q, &a, NULL), 0);
     assert_string_equal(a.tier, "basic");
@@ -344,8 +315,8 @@ static void test_tokens_per_minute(void **state)
 {
     fixture_t *f = *state;
     relay_key_record_t k;
-    key_init(&k, "tpm", 0, 0);
-    relay_admit_request_t q = req_for(&k, 400, 0);
+    testlimits_key_init(&k, "tpm", 0, 0);
+    relay_admit_request_t q = testlimits_req(&k, MODEL, 400, 0);
     relay_admission_t a[4];
     relay_error_t err;
     int64_t t0 = atomic_load(&f->now_ms) / 1000 * 1000 + 250;
@@ -374,8 +345,8 @@ static void test_concurrency_slots_released(void **state)
 {
     fixture_t *f = *state;
     relay_key_record_t k;
-    key_init(&k, "conc2", 0, 0);
-    relay_admit_request_t q = req_for(&k, 1, 1);
+    testlimits_key_init(&k, "conc2", 0, 0);
+    relay_admit_request_t q = testlimits_req(&k, MODEL, 1, 1);
     relay_admission_t a1, a2, a3;
     relay_error_t err;
     assert_int_equal(admit(f, &q, &a1, &err), 0);
@@ -401,8 +372,8 @@ static void test_quota_exhausted(void **state)
 {
     fixture_t *f = *state;
     relay_key_record_t k;
-    key_init(&k, "unl", 1000000, 1000000);
-    relay_admit_request_t q = req_for(&k, 10, 10);
+    testlimits_key_init(&k, "unl", 1000000, 1000000);
+    relay_admit_request_t q = testlimits_req(&k, MODEL, 10, 10);
     relay_admission_t a;
     relay_error_t err;
     assert_int_equal(admit(f, &q, &a, &err), RELAY_ERR_QUOTA);
@@ -431,8 +402,8 @@ static void test_quota_zero_reserve_at_limit(void **state)
 {
     fixture_t *f = *state;
     relay_key_record_t k;
-    key_init(&k, "unl", 1000, 999);
-    relay_admit_request_t zero = req_for(&k, 0, 0);
+    testlimits_key_init(&k, "unl", 1000, 999);
+    relay_admit_request_t zero = testlimits_req(&k, MODEL, 0, 0);
     relay_admission_t a;
     relay_error_t err;
     assert_int_equal(admit(f, &zero, &a, &err), 0); /* 999 < 1000: room left */
@@ -450,10 +421,10 @@ static void test_quota_live_used_and_reservations(void **state)
 {
     fixture_t *f = *state;
     relay_key_record_t k;
-    key_init(&k, "unl", 1000, 0);
+    testlimits_key_init(&k, "unl", 1000, 0);
     relay_admission_t a, b, c;
     relay_error_t err;
-    relay_admit_request_t q = req_for(&k, 100, 200);
+    relay_admit_request_t q = testlimits_req(&k, MODEL, 100, 200);
     assert_int_equal(admit(f, &q, &a, &err), 0);
     assert_int_equal(a.reserved_tokens, 300);
     relay_limits_settle(f->r, &a, 600);
@@ -463,7 +434,7 @@ static void test_quota_live_used_and_reservations(void **state)
     assert_int_equal(v.token_reserved, 0);
     assert_int_equal(v.token_remaining, 400);
     /* 600 + 500 > 1000: cannot fit even alone, so no point retrying. */
-    relay_admit_request_t big = req_for(&k, 100, 400);
+    relay_admit_request_t big = testlimits_req(&k, MODEL, 100, 400);
     assert_int_equal(admit(f, &big, &b, &err), RELAY_ERR_QUOTA);
     assert_non_null(strstr(err.message, "token quota nearly exhausted: 600 of 1000 tokens used"));
     /* 600 + 300 fits; a second 300 does not fit next to the first in flight: retry later. */
@@ -489,11 +460,11 @@ static void test_allowlists_in_admit(void **state)
 {
     fixture_t *f = *state;
     relay_key_record_t k;
-    key_init(&k, "unl", 0, 0);
+    testlimits_key_init(&k, "unl", 0, 0);
     k.allowed_ips = "[\"10.0.0.0/8\", \"2001:db8::/32\"]";
     k.allowed_origins = "[\"*.example.com\"]";
     k.allowed_models = "[\"claude-haiku-*\"]";
-    relay_admit_request_t q = req_for(&k, 1, 1);
+    relay_admit_request_t q = testlimits_req(&k, MODEL, 1, 1);
     q.client_ip = "10.2.3.4";
     q.origin = "https://app.example.com";
     q.model = "claude-haiku-4-5";
@@ -535,7 +506,7 @@ typedef struct race {
 static void *race_thread(void *arg)
 {
     race_t *rc = arg;
-    relay_admit_request_t q = req_for(rc->k, rc->input, rc->max_tokens);
+    relay_admit_request_t q = testlimits_req(rc->k, MODEL, rc->input, rc->max_tokens);
     pthread_barrier_wait(rc->go);
     for (;;) {
         relay_admission_t a;
@@ -579,7 +550,7 @@ static void test_quota_race_no_overshoot(void **state)
     (void)state;
     fixture_t *f = fixture_new(16384); /* ceiling >= max_tokens: reservations cover everything */
     relay_key_record_t k;
-    key_init(&k, "unl", 1000000, 1000000 - 5000);
+    testlimits_key_init(&k, "unl", 1000000, 1000000 - 5000);
     race_t rc = {.input = 100, .max_tokens = 1000};
     run_race(f, &k, &rc);
     relay_quota_view_t v;
@@ -596,7 +567,7 @@ static void test_quota_race_bounded_overshoot(void **state)
     (void)state;
     fixture_t *f = fixture_new(200); /* ceiling < max_tokens: each request may exceed by 800 */
     relay_key_record_t k;
-    key_init(&k, "unl", 1000000, 1000000 - 5000);
+    testlimits_key_init(&k, "unl", 1000000, 1000000 - 5000);
     race_t rc = {.input = 100, .max_tokens = 1000};
     run_race(f, &k, &rc);
     relay_quota_view_t v;

@@ -8,7 +8,6 @@
 
 #include <arpa/inet.h>
 #include <fcntl.h>
-#include <ftw.h>
 #include <hiredis/hiredis.h>
 #include <netinet/in.h>
 #include <pthread.h>
@@ -24,6 +23,8 @@
 #include "limits_internal.h"
 #include "relay/limits.h"
 #include "relay/relay.h"
+#include "testlimits.h"
+#include "testrelay.h"
 #include "util.h"
 
 static const relay_tier_def_t TIERS[] = {
@@ -55,56 +56,25 @@ static void count_logs(void *ud, relay_log_level level, const char *event, const
         atomic_fetch_add(&n_up_logs, 1);
 }
 
-static int rm_entry(const char *path, const struct stat *sb, int flag, struct FTW *ftw)
-{
-    (void)sb, (void)flag, (void)ftw;
-    return remove(path);
-}
-
 static void instance_open(instance_t *in, const char *redis_url, int timeout_ms, int fake_time)
 {
     strcpy(in->dir, "/tmp/relay-limits-redis-XXXXXX");
-    assert_non_null(mkdtemp(in->dir));
     relay_options_t o;
     relay_options_init(&o);
-    o.data_dir = in->dir;
     o.tiers = TIERS;
     o.n_tiers = sizeof TIERS / sizeof TIERS[0];
     o.redis_url = redis_url;
     o.redis_timeout_ms = timeout_ms;
     o.log_fn = count_logs;
     o.log_level = RELAY_LOG_DEBUG;
-    relay_error_t err = {0};
-    if (relay_new(&in->r, &o, &err) != 0)
-        fail_msg("relay_new: %s", err.message);
+    in->r = testrelay_new_in_tmpdir(in->dir, &o);
     if (fake_time)
         relay_limits_set_clock_for_tests(in->r, fake_clock, NULL);
 }
 
 static void instance_close(instance_t *in)
 {
-    relay_free(in->r);
-    nftw(in->dir, rm_entry, 8, FTW_DEPTH | FTW_PHYS);
-}
-
-static void key_init(relay_key_record_t *k, const char *tier, int64_t limit, int64_t used)
-{
-    memset(k, 0, sizeof *k);
-    assert_int_equal(relay_uuid4(k->id, sizeof k->id), 0);
-    relay_strlcpy(k->rate_limit_tier, tier, sizeof k->rate_limit_tier);
-    k->token_limit = limit;
-    k->token_used = used;
-    k->is_active = 1;
-}
-
-static relay_admit_request_t req_for(const relay_key_record_t *k, int64_t input, int64_t max_tokens)
-{
-    relay_admit_request_t q = {.key = k,
-                               .client_ip = "127.0.0.1",
-                               .input_tokens_estimate = input,
-                               .max_tokens = max_tokens,
-                               .consumes_quota = 1};
-    return q;
+    testrelay_free_dir(in->r, in->dir);
 }
 
 static const char *redis_url(void)
@@ -123,8 +93,8 @@ static void test_two_instances_exact_count(void **state)
     assert_string_equal(relay_limits_redis_status(a.r), "ok");
     assert_string_equal(relay_limits_redis_status(b.r), "ok");
     relay_key_record_t k;
-    key_init(&k, "t5", 0, 0);
-    relay_admit_request_t q = req_for(&k, 1, 1);
+    testlimits_key_init(&k, "t5", 0, 0);
+    relay_admit_request_t q = testlimits_req(&k, NULL, 1, 1);
     relay_admission_t adm;
     relay_error_t err;
     int64_t t0 = atomic_load(&fake_now);
@@ -164,7 +134,7 @@ typedef struct racer {
 static void *racer_main(void *arg)
 {
     racer_t *rc = arg;
-    relay_admit_request_t q = req_for(rc->k, 100, 1000);
+    relay_admit_request_t q = testlimits_req(rc->k, NULL, 100, 1000);
     pthread_barrier_wait(rc->go);
     for (int i = 0; i < 10; i++) {
         relay_admission_t adm;
@@ -178,6 +148,25 @@ static void *racer_main(void *arg)
     return NULL;
 }
 
+/* 20 threads, alternately on a and b, released together, each trying 10 admissions of k. */
+static void race(relay_t *a, relay_t *b, const relay_key_record_t *k, atomic_int *admitted,
+                 atomic_int *not_shared)
+{
+    enum { T = 20 };
+    pthread_t th[T];
+    racer_t rc[T];
+    pthread_barrier_t go;
+    pthread_barrier_init(&go, NULL, T);
+    for (int i = 0; i < T; i++) {
+        rc[i] = (racer_t){
+            .r = i % 2 ? b : a, .k = k, .go = &go, .admitted = admitted, .not_shared = not_shared};
+        assert_int_equal(pthread_create(&th[i], NULL, racer_main, &rc[i]), 0);
+    }
+    for (int i = 0; i < T; i++)
+        pthread_join(th[i], NULL);
+    pthread_barrier_destroy(&go);
+}
+
 /* 2 instances x 10 threads race for a window of 40 and a quota with room for 12 requests. */
 static void test_two_instances_race(void **state)
 {
@@ -185,43 +174,17 @@ static void test_two_instances_race(void **state)
     instance_t a, b;
     instance_open(&a, redis_url(), 2000, 1);
     instance_open(&b, redis_url(), 2000, 1);
-    enum { T = 20 };
-    pthread_t th[T];
-    racer_t rc[T];
-    pthread_barrier_t go;
     atomic_int admitted = 0, not_shared = 0;
 
     relay_key_record_t k;
-    key_init(&k, "t40", 0, 0);
-    pthread_barrier_init(&go, NULL, T);
-    for (int i = 0; i < T; i++) {
-        rc[i] = (racer_t){.r = i % 2 ? b.r : a.r,
-                          .k = &k,
-                          .go = &go,
-                          .admitted = &admitted,
-                          .not_shared = &not_shared};
-        assert_int_equal(pthread_create(&th[i], NULL, racer_main, &rc[i]), 0);
-    }
-    for (int i = 0; i < T; i++)
-        pthread_join(th[i], NULL);
-    pthread_barrier_destroy(&go);
+    testlimits_key_init(&k, "t40", 0, 0);
+    race(a.r, b.r, &k, &admitted, &not_shared);
     assert_int_equal(atomic_load(&admitted), 40);
     assert_int_equal(atomic_load(&not_shared), 0);
 
-    key_init(&k, "unl", 1000000, 1000000 - 12 * 1100);
+    testlimits_key_init(&k, "unl", 1000000, 1000000 - 12 * 1100);
     atomic_store(&admitted, 0);
-    pthread_barrier_init(&go, NULL, T);
-    for (int i = 0; i < T; i++) {
-        rc[i] = (racer_t){.r = i % 2 ? b.r : a.r,
-                          .k = &k,
-                          .go = &go,
-                          .admitted = &admitted,
-                          .not_shared = &not_shared};
-        assert_int_equal(pthread_create(&th[i], NULL, racer_main, &rc[i]), 0);
-    }
-    for (int i = 0; i < T; i++)
-        pthread_join(th[i], NULL);
-    pthread_barrier_destroy(&go);
+    race(a.r, b.r, &k, &admitted, &not_shared);
     relay_quota_view_t v;
     assert_int_equal(relay_limits_quota(b.r, &k, &v), 0);
     assert_true(atomic_load(&admitted) <= 12);
@@ -240,8 +203,8 @@ static void test_two_instances_slot(void **state)
     instance_open(&a, redis_url(), 1000, 1);
     instance_open(&b, redis_url(), 1000, 1);
     relay_key_record_t k;
-    key_init(&k, "one", 0, 0);
-    relay_admit_request_t q = req_for(&k, 1, 1);
+    testlimits_key_init(&k, "one", 0, 0);
+    relay_admit_request_t q = testlimits_req(&k, NULL, 1, 1);
     relay_admission_t x, y;
     assert_int_equal(relay_limits_admit(a.r, &q, &x, NULL), 0);
     assert_int_equal(relay_limits_admit(b.r, &q, &y, NULL), RELAY_ERR_RATE_LIMITED);
@@ -265,8 +228,8 @@ static void test_quota_zero_reserve_at_limit(void **state)
     instance_open(&a, redis_url(), 1000, 1);
     instance_open(&b, redis_url(), 1000, 1);
     relay_key_record_t k;
-    key_init(&k, "unl", 1000, 999);
-    relay_admit_request_t zero = req_for(&k, 0, 0);
+    testlimits_key_init(&k, "unl", 1000, 999);
+    relay_admit_request_t zero = testlimits_req(&k, NULL, 0, 0);
     relay_admission_t adm;
     relay_error_t err;
     assert_int_equal(relay_limits_admit(a.r, &zero, &adm, &err), 0);
@@ -359,8 +322,8 @@ static void test_redis_killed_and_restarted(void **state)
     instance_t a;
     instance_open(&a, url, TIMEOUT_MS, 0);
     relay_key_record_t k;
-    key_init(&k, "unl", 10000000, 0);
-    relay_admit_request_t q = req_for(&k, 5, 5);
+    testlimits_key_init(&k, "unl", 10000000, 0);
+    relay_admit_request_t q = testlimits_req(&k, NULL, 5, 5);
     assert_string_equal(relay_limits_redis_status(a.r), "ok");
     for (int i = 0; i < 20; i++)
         assert_int_equal(timed_admit(a.r, &q, bound), RELAY_ADMIT_REDIS);
@@ -435,8 +398,8 @@ static void test_lost_admit_reply_is_undone(void **state)
     instance_t a;
     instance_open(&a, url, 1000, 0);
     relay_key_record_t k;
-    key_init(&k, "one100", 1000000, 0);
-    relay_admit_request_t q = req_for(&k, 100, 200);
+    testlimits_key_init(&k, "one100", 1000000, 0);
+    relay_admit_request_t q = testlimits_req(&k, NULL, 100, 200);
     relay_admission_t lost, adm;
     relay_error_t err;
     relay_limits_lose_redis_replies_for_tests(a.r, 1);
