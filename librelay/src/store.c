@@ -104,6 +104,31 @@ static int one_int_row(void *ud, const relay_sql_row_t *row)
     return 0;
 }
 
+/*
+ * The shape every paged list shares: the count of table's rows matching where into *total, and,
+ * unless LIMIT is 0, one page of cols from them, newest first (ties by id, so pages never overlap),
+ * each row to fn. p holds the np parameters of where, then LIMIT and OFFSET.
+ */
+static int query_page(relay_store_t *s, relay_store_conn_t *c, const char *cols, const char *table,
+                      const char *where, const relay_sql_val_t *p, int np, relay_sql_row_fn fn,
+                      void *ud, int64_t *total, relay_error_t *err)
+{
+    relay_buf_t sql;
+    relay_buf_init(&sql, 4096);
+    int rc = relay_buf_printf(&sql, "SELECT count(*) FROM %s WHERE %s", table, where);
+    rc = rc ? rc : query_int(s, c, relay_buf_str(&sql), p, np, total, err);
+    if (!rc && p[np].i > 0) {
+        relay_buf_reset(&sql);
+        rc = relay_buf_printf(&sql,
+                              "SELECT %s FROM %s WHERE %s "
+                              "ORDER BY created_at DESC, id DESC LIMIT $%d OFFSET $%d",
+                              cols, table, where, np + 1, np + 2);
+        rc = rc ? rc : s->drv->exec(c, relay_buf_str(&sql), p, np + 2, fn, ud, NULL, err);
+    }
+    relay_buf_free(&sql);
+    return rc;
+}
+
 /* ---------------------------------------------------------------- running an operation */
 
 typedef int (*store_op_fn)(relay_store_t *s, relay_store_conn_t *c, void *arg, relay_error_t *err);
@@ -751,21 +776,8 @@ static int op_key_list(relay_store_t *s, relay_store_conn_t *c, void *arg, relay
     for (size_t i = 0; i < q->v.n; i++) /* a retried read starts over */
         relay_key_record_clear(&((relay_key_record_t *)q->v.items)[i]);
     q->v.n = 0;
-    relay_buf_t sql;
-    relay_buf_init(&sql, 2048);
-    int rc = relay_buf_printf(&sql, "SELECT count(*) FROM api_keys WHERE %s", q->where);
-    rc = rc ? rc : query_int(s, c, relay_buf_str(&sql), q->p, q->np, &q->total, err);
-    if (!rc && q->p[q->np].i > 0) {
-        relay_buf_reset(&sql);
-        rc = relay_buf_printf(&sql,
-                              "SELECT " KEY_COLS " FROM api_keys WHERE %s "
-                              "ORDER BY created_at DESC, id DESC LIMIT $%d OFFSET $%d",
-                              q->where, q->np + 1, q->np + 2);
-        rc = rc ? rc
-                : s->drv->exec(c, relay_buf_str(&sql), q->p, q->np + 2, key_list_row, q, NULL, err);
-    }
-    relay_buf_free(&sql);
-    return rc;
+    return query_page(s, c, KEY_COLS, "api_keys", q->where, q->p, q->np, key_list_row, q, &q->total,
+                      err);
 }
 
 int relay_store_key_list(relay_store_t *s, relay_key_filter filter, int64_t now, int64_t skip,
@@ -1023,7 +1035,6 @@ typedef struct usage_query {
     int np;
     vec_t v;
     int64_t total;
-    int64_t limit;
     const relay_store_driver_t *drv;
 } usage_query_t;
 
@@ -1069,22 +1080,8 @@ static int op_usage_logs(relay_store_t *s, relay_store_conn_t *c, void *arg, rel
 {
     usage_query_t *q = arg;
     q->v.n = 0;
-    relay_buf_t sql;
-    relay_buf_init(&sql, 4096);
-    int rc = relay_buf_printf(&sql, "SELECT count(*) FROM usage_logs WHERE %s",
-                              relay_buf_str(&q->where));
-    rc = rc ? rc : query_int(s, c, relay_buf_str(&sql), q->p, q->np, &q->total, err);
-    if (!rc && q->limit > 0) {
-        relay_buf_reset(&sql);
-        rc = relay_buf_printf(&sql,
-                              "SELECT id, " USAGE_COLS " FROM usage_logs WHERE %s "
-                              "ORDER BY created_at DESC, id DESC LIMIT $%d OFFSET $%d",
-                              relay_buf_str(&q->where), q->np + 1, q->np + 2);
-        rc = rc ? rc
-                : s->drv->exec(c, relay_buf_str(&sql), q->p, q->np + 2, usage_row, q, NULL, err);
-    }
-    relay_buf_free(&sql);
-    return rc;
+    return query_page(s, c, "id, " USAGE_COLS, "usage_logs", relay_buf_str(&q->where), q->p, q->np,
+                      usage_row, q, &q->total, err);
 }
 
 /* Appends "AND <col> <op> $N" and its parameter. */
@@ -1106,8 +1103,7 @@ int relay_store_usage_logs(relay_store_t *s, const relay_usage_query_t *qin,
     char nid[37];
     if (qin->api_key_id && norm_id(nid, qin->api_key_id))
         return 0; /* not a UUID: matches nothing */
-    usage_query_t q = {
-        .drv = s->drv, .v = {.size = sizeof(relay_usage_row_t)}, .limit = qin->limit};
+    usage_query_t q = {.drv = s->drv, .v = {.size = sizeof(relay_usage_row_t)}};
     relay_buf_init(&q.where, 1024);
     int rc = relay_buf_appends(&q.where, "1 = 1");
     if (!rc && qin->api_key_id)
@@ -1372,13 +1368,8 @@ static int op_audit_list(relay_store_t *s, relay_store_conn_t *c, void *arg, rel
     for (size_t i = 0; i < q->v.n; i++) /* a retried read starts over */
         free(items[i].details);
     q->v.n = 0;
-    int rc = query_int(s, c, "SELECT count(*) FROM audit_log", NULL, 0, &q->total, err);
-    if (rc || q->p[0].i <= 0)
-        return rc;
-    return s->drv->exec(c,
-                        "SELECT id, action, target, actor, client_ip, details, created_at "
-                        "FROM audit_log ORDER BY created_at DESC, id DESC LIMIT $1 OFFSET $2",
-                        q->p, 2, audit_row, q, NULL, err);
+    return query_page(s, c, "id, action, target, actor, client_ip, details, created_at",
+                      "audit_log", "1 = 1", q->p, 0, audit_row, q, &q->total, err);
 }
 
 int relay_store_audit_list(relay_store_t *s, int64_t skip, int64_t limit, relay_audit_entry_t **out,
