@@ -52,6 +52,14 @@ static void reply_message(ctx_t *c, const char *msg)
     reply_json(c, 200, json_pack("{s:s}", "message", msg));
 }
 
+/* One page of a list, in the shape every paged admin route answers; takes items. */
+static void reply_page(ctx_t *c, json_t *items, int64_t total, int64_t skip, int64_t limit)
+{
+    reply_json(c, 200,
+               json_pack("{s:o, s:I, s:I, s:I}", "items", items, "total", (json_int_t)total, "skip",
+                         (json_int_t)skip, "limit", (json_int_t)limit));
+}
+
 /* The key object as JSON (relay_keys_to_json, re-parsed so fields can be added). */
 static json_t *key_object(const relay_key_record_t *rec)
 {
@@ -371,9 +379,7 @@ static void h_list(ctx_t *c)
     for (size_t i = 0; i < n; i++)
         json_array_append_new(items, key_object(&recs[i]));
     relay_key_records_free(recs, n);
-    reply_json(c, 200,
-               json_pack("{s:o, s:I, s:I, s:I}", "items", items, "total", (json_int_t)total, "skip",
-                         (json_int_t)skip, "limit", (json_int_t)limit));
+    reply_page(c, items, total, skip, limit);
 }
 
 static void h_get(ctx_t *c)
@@ -676,9 +682,7 @@ static void h_audit(ctx_t *c)
     for (size_t i = 0; i < n; i++)
         json_array_append_new(items, audit_object(&e[i]));
     relay_audit_entries_free(e, n);
-    reply_json(c, 200,
-               json_pack("{s:o, s:I, s:I, s:I}", "items", items, "total", (json_int_t)total, "skip",
-                         (json_int_t)skip, "limit", (json_int_t)limit));
+    reply_page(c, items, total, skip, limit);
 }
 
 /* ---- routing ---- */
