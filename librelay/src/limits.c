@@ -648,8 +648,6 @@ static int refuse(relay_t *r, const limits_take_t *t, const limits_verdict_t *v,
     pthread_mutex_lock(&st->mu);
     switch (v->reason) {
     case LIMIT_QUOTA:
-        st->st.refused_quota++;
-        break;
     case LIMIT_QUOTA_BUSY:
         st->st.refused_quota++;
         break;

@@ -392,20 +392,25 @@ static void undo_admit(relay_limits_redis_t *rd, const limits_take_t *t)
     pending_push(rd, &op);
 }
 
-/* Bounds the next command so connect plus command stay within one timeout. */
-static void set_deadline(relay_limits_redis_t *rd, redisContext *c, int64_t started_ms)
+/*
+ * A connection for one call, or NULL when Redis is unreachable. Its timeout is what is left of
+ * one timeout after connecting, so connect plus command stay within it.
+ */
+static redisContext *conn_for_call(relay_limits_redis_t *rd)
 {
-    redisSetTimeout(c, tv_ms(rd->timeout_ms - (relay_mono_ms() - started_ms)));
+    int64_t started = relay_mono_ms();
+    redisContext *c = conn_get(rd);
+    if (c)
+        redisSetTimeout(c, tv_ms(rd->timeout_ms - (relay_mono_ms() - started)));
+    return c;
 }
 
 static int call_admit(relay_limits_redis_t *rd, const limits_take_t *t, int take,
                       limits_verdict_t *v)
 {
-    int64_t started = relay_mono_ms();
-    redisContext *c = conn_get(rd);
+    redisContext *c = conn_for_call(rd);
     if (!c)
         return -1;
-    set_deadline(rd, c, started);
     key_names_t kn;
     key_names(t->key_id, &kn);
     int64_t vals[13] = {
@@ -465,11 +470,9 @@ int limits_redis_peek(relay_limits_redis_t *rd, const limits_take_t *t, limits_v
 /* One settle against Redis. 0, or -1 when it did not reach Redis. */
 static int call_settle(relay_limits_redis_t *rd, const limits_settle_op_t *op)
 {
-    int64_t started = relay_mono_ms();
-    redisContext *c = conn_get(rd);
+    redisContext *c = conn_for_call(rd);
     if (!c)
         return -1;
-    set_deadline(rd, c, started);
     key_names_t kn;
     key_names(op->key_id, &kn);
     char nums[6][24];
