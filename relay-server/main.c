@@ -212,7 +212,9 @@ static int handle_request(server_t *s, struct mg_connection *conn)
     else if (!strcmp(p, "/admin") || !strncmp(p, "/admin/", 7)) {
         if (!route_stats_admin(s, conn, &req))
             route_admin(s, conn, &req);
-    } else
+    } else if (!strcmp(p, "/console") || !strncmp(p, "/console/", 9))
+        route_console(s, conn, &req);
+    else
         route_proxy(s, conn, &req);
     server_request_free(&req);
     return 1;

@@ -70,5 +70,7 @@ int route_stats_admin(server_t *s, struct mg_connection *conn, server_request_t 
 /* routes_metrics.c: GET metrics_path; and the metrics key label and alert settings at start. */
 int route_metrics(server_t *s, struct mg_connection *conn, server_request_t *req);
 int server_observability_setup(server_t *s);
+/* routes_console.c: GET/HEAD /console and /console/<file>, the embedded web console. */
+int route_console(server_t *s, struct mg_connection *conn, server_request_t *req);
 
 #endif
