@@ -5,7 +5,8 @@ set -euo pipefail
 
 BUILD_PKGS=(build-essential cmake pkg-config libcurl4-openssl-dev libpq-dev libhiredis-dev libjansson-dev
   libjwt-dev libcrypt-dev libyaml-dev libcivetweb-dev libsqlite3-dev)
-TEST_PKGS=(clang-format libcmocka-dev postgresql redis-server python3 curl prometheus)
+TEST_PKGS=(clang-format libcmocka-dev postgresql redis-server python3 curl prometheus
+  chromium chromium-driver python3-selenium)
 
 want=("${BUILD_PKGS[@]}")
 if [[ "${1:-}" == "--test" ]]; then
