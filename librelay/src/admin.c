@@ -382,15 +382,21 @@ static void h_list(ctx_t *c)
     reply_page(c, items, total, skip, limit);
 }
 
+/* The key the path names into *rec (the caller clears it); non-zero once the error is sent. */
+static int get_path_key(ctx_t *c, relay_key_record_t *rec)
+{
+    relay_error_t err = {0};
+    int rc = relay_keys_get(c->r, c->arg, rec, &err);
+    if (rc)
+        reply_error(c, rc, err.message);
+    return rc;
+}
+
 static void h_get(ctx_t *c)
 {
     relay_key_record_t rec;
-    relay_error_t err = {0};
-    int rc = relay_keys_get(c->r, c->arg, &rec, &err);
-    if (rc) {
-        reply_error(c, rc, err.message);
+    if (get_path_key(c, &rec))
         return;
-    }
     reply_json(c, 200, key_object(&rec));
     relay_key_record_clear(&rec);
 }
@@ -398,12 +404,8 @@ static void h_get(ctx_t *c)
 static void h_stats(ctx_t *c)
 {
     relay_key_record_t rec;
-    relay_error_t err = {0};
-    int rc = relay_keys_get(c->r, c->arg, &rec, &err);
-    if (rc) {
-        reply_error(c, rc, err.message);
+    if (get_path_key(c, &rec))
         return;
-    }
     json_t *o = key_object(&rec);
     if (o)
         json_object_set_new(o, "is_expired",
