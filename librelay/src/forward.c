@@ -441,6 +441,7 @@ static size_t on_body(char *data, size_t size, size_t nmemb, void *ud)
         f->got_2xx_body = 1;
     if (!f->t_first_byte) {
         f->t_first_byte = now;
+        f->res->got_first_byte = 1;
         f->res->time_to_first_byte_ms = now - f->t_start;
     }
     f->res->response_bytes += (int64_t)len;

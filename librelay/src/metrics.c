@@ -664,7 +664,7 @@ void relay_metrics_observe_request(relay_t *r, const relay_http_request_t *req,
     if (!forwarded)
         return;
     relay_metrics_observe(fam->duration, L(route), (double)res->fwd.duration_ms / 1000.0);
-    if (res->fwd.time_to_first_byte_ms > 0)
+    if (res->fwd.got_first_byte) /* on loopback it can take under a millisecond */
         relay_metrics_observe(fam->ttfb, L(route), (double)res->fwd.time_to_first_byte_ms / 1000.0);
     const relay_usage_t *u = &res->fwd.usage;
     if (key)

@@ -38,6 +38,7 @@ typedef struct relay_forward_result {
     char request_id[128]; /* the upstream's request-id */
     int64_t request_bytes, response_bytes;
     int64_t time_to_first_byte_ms, duration_ms;
+    int got_first_byte;      /* a response byte arrived (time_to_first_byte_ms may then be 0) */
     int error_code;          /* a relay_err when the relay itself failed the request, else 0 */
     char error_message[256]; /* why (never a secret), or the upstream's error message */
     char error_type[64];     /* Anthropic error type of an upstream or relay error */
