@@ -3,8 +3,7 @@
  * A host with its own HTTP stack (here: a request body from a file or stdin, the answer on
  * stdout) runs the stages itself instead of relay_proxy():
  *
- *   relay_keys_verify → relay_limits_admit → relay_forward(sink) → relay_limits_settle
- *                                                                 + relay_usage_record
+ *   relay_keys_verify → relay_limits_admit → relay_forward(sink) → relay_proxy_settle
  *
  * Usage: embed_gateway DATA_DIR UPSTREAM_URL [BODY_FILE|-]
  * The upstream key comes from the environment (UPSTREAM_API_KEY), never from argv, so it does
@@ -21,6 +20,7 @@
 #include <relay/forward.h>
 #include <relay/keys.h>
 #include <relay/limits.h>
+#include <relay/proxy.h>
 #include <relay/relay.h>
 #include <relay/tokens.h>
 #include <relay/usage.h>
@@ -67,42 +67,6 @@ static int sink_body(void *ud, const char *data, size_t len)
     return fwrite(data, 1, len, stdout) != len || fflush(stdout) != 0;
 }
 
-/* The usage row librelay's writer stores (what relay_proxy fills for relay-server). */
-static void fill_row(relay_usage_row_t *row, const relay_key_record_t *key,
-                     const relay_http_request_t *req, const relay_forward_result_t *f,
-                     int64_t billed, double cost)
-{
-    const relay_usage_t *u = &f->usage;
-    memset(row, 0, sizeof *row);
-    snprintf(row->api_key_id, sizeof row->api_key_id, "%s", key->id);
-    snprintf(row->request_id, sizeof row->request_id, "%s", f->request_id);
-    snprintf(row->request_method, sizeof row->request_method, "%s", req->method);
-    snprintf(row->request_path, sizeof row->request_path, "%s", req->path);
-    snprintf(row->model, sizeof row->model, "%s", u->model);
-    snprintf(row->client_ip, sizeof row->client_ip, "%s", req->client_ip);
-    snprintf(row->error_message, sizeof row->error_message, "%s", f->error_message);
-    snprintf(row->error_code, sizeof row->error_code, "%s", f->error_type);
-    row->request_size = f->request_bytes;
-    row->response_size = f->response_bytes;
-    row->response_status = f->status;
-    row->response_time_ms = f->duration_ms;
-    row->time_to_first_byte_ms = f->time_to_first_byte_ms;
-    row->prompt_tokens = u->input_tokens;
-    row->completion_tokens = u->output_tokens;
-    row->cache_creation_tokens = u->cache_creation_input_tokens;
-    row->cache_creation_5m_tokens = u->cache_creation_5m_tokens;
-    row->cache_creation_1h_tokens = u->cache_creation_1h_tokens;
-    row->cache_read_tokens = u->cache_read_input_tokens;
-    row->total_tokens = u->input_tokens + u->output_tokens + u->cache_creation_input_tokens +
-                        u->cache_read_input_tokens;
-    row->billed_tokens = billed;
-    row->total_cost = cost;
-    row->stream = f->stream;
-    row->estimated = f->estimated;
-    row->attempts = f->attempts;
-    row->is_error = f->status >= 400 || f->error_code != 0 || f->cut || u->saw_error;
-}
-
 /* Stages 1-4 for one request; the proxy key is the one a client presented. */
 static int serve_one(relay_t *r, const char *presented, const char *body, size_t len)
 {
@@ -147,23 +111,20 @@ static int serve_one(relay_t *r, const char *presented, const char *body, size_t
     relay_sink_t sink = {.ud = NULL, .head = sink_head, .body = sink_body};
     relay_forward_result_t res;
     rc = relay_forward(r, &req, &sink, &res);
-    /* 4. settle: on every path after a successful admit, so the slot and reservation are freed. */
+    /* 4. settle: on every path after a successful admit, so the slot and reservation are freed;
+     * the same code relay_proxy runs (billed tokens, cost, the usage row). */
+    relay_proxy_result_t pres;
+    memset(&pres, 0, sizeof pres);
+    pres.fwd = res;
+    pres.status = res.status;
+    snprintf(pres.model, sizeof pres.model, "%s", info.model);
+    relay_proxy_settle(r, &req, &key, &adm, &pres);
     const relay_usage_t *u = &res.usage;
-    int64_t billed =
-        relay_limits_billed_tokens(r, u->input_tokens, u->output_tokens,
-                                   u->cache_creation_input_tokens, u->cache_read_input_tokens);
-    relay_limits_settle(r, &adm, billed);
-    double cost =
-        relay_usage_cost(r, u->model, u->input_tokens, u->output_tokens,
-                         u->cache_creation_input_tokens, 0, u->cache_read_input_tokens, NULL);
-    relay_usage_row_t row;
-    fill_row(&row, &key, &req, &res, billed, cost);
-    int rc_rec = relay_usage_record(r, &row);
     printf("\nrelay: status=%d stream=%d input=%lld output=%lld billed=%lld estimated=%d\n",
            res.status, res.stream, (long long)u->input_tokens, (long long)u->output_tokens,
-           (long long)billed, res.estimated);
+           (long long)pres.billed_tokens, res.estimated);
     relay_key_record_clear(&key);
-    return rc ? rc : rc_rec;
+    return rc;
 }
 
 /* Creates the proxy key this run presents; the full key is in key_out only. */

@@ -72,9 +72,8 @@ static int reads_body(const relay_http_request_t *req)
 }
 
 /* The usage row of a forwarded (or refused) request. */
-static void fill_row(relay_t *r, relay_usage_row_t *row, const relay_http_request_t *req,
-                     const relay_key_record_t *key, const relay_proxy_result_t *res,
-                     const char *model)
+static void fill_row(relay_usage_row_t *row, const relay_http_request_t *req,
+                     const relay_key_record_t *key, const relay_proxy_result_t *res)
 {
     const relay_forward_result_t *f = &res->fwd;
     const relay_usage_t *u = &f->usage;
@@ -98,7 +97,7 @@ static void fill_row(relay_t *r, relay_usage_row_t *row, const relay_http_reques
                         u->cache_read_input_tokens;
     row->billed_tokens = res->billed_tokens;
     row->total_cost = res->cost;
-    relay_strlcpy(row->model, u->model[0] ? u->model : model, sizeof row->model);
+    relay_strlcpy(row->model, u->model[0] ? u->model : res->model, sizeof row->model);
     row->stream = f->stream;
     row->estimated = f->estimated;
     row->attempts = f->attempts;
@@ -110,13 +109,13 @@ static void fill_row(relay_t *r, relay_usage_row_t *row, const relay_http_reques
     const char *ua = relay_http_header(req, "user-agent");
     relay_strlcpy(row->user_agent, ua ? ua : "", sizeof row->user_agent);
     row->created_at = relay_now();
-    (void)r;
 }
 
 /* Stage 4: the reservation settled to the real usage, the row queued. */
-static void settle(relay_t *r, const relay_http_request_t *req, const relay_key_record_t *key,
-                   relay_admission_t *adm, relay_proxy_result_t *res, const char *model)
+void relay_proxy_settle(relay_t *r, const relay_http_request_t *req, const relay_key_record_t *key,
+                        relay_admission_t *adm, relay_proxy_result_t *res)
 {
+    const char *model = res->model;
     const relay_usage_t *u = &res->fwd.usage;
     res->billed_tokens =
         relay_limits_billed_tokens(r, u->input_tokens, u->output_tokens,
@@ -129,7 +128,7 @@ static void settle(relay_t *r, const relay_http_request_t *req, const relay_key_
     if (adm)
         relay_limits_settle(r, adm, res->billed_tokens);
     relay_usage_row_t row;
-    fill_row(r, &row, req, key, res, model);
+    fill_row(&row, req, key, res);
     relay_usage_record(r, &row);
 }
 
@@ -171,6 +170,7 @@ int relay_proxy(relay_t *r, const relay_http_request_t *req, const relay_sink_t 
             refuse(sink, res, RELAY_ERR_INVALID, "request body is not valid JSON", "invalid", NULL);
         goto log_refusal;
     }
+    relay_strlcpy(res->model, info.model, sizeof res->model);
     relay_admit_request_t areq = {
         .key = &key,
         .client_ip = req->client_ip,
@@ -190,14 +190,14 @@ int relay_proxy(relay_t *r, const relay_http_request_t *req, const relay_sink_t 
     relay_metrics_forward_begin(r, info.stream);
     rc = relay_forward(r, req, sink, &res->fwd);
     res->status = res->fwd.status;
-    settle(r, req, &key, &adm, res, info.model);
+    relay_proxy_settle(r, req, &key, &adm, res);
     relay_metrics_observe_request(r, req, &key, res, 1, info.stream, info.model);
     relay_key_record_clear(&key);
     return res->fwd.client_gone ? RELAY_ERR_CLIENT_GONE : 0;
 
 log_refusal:
     /* A refused request of a known key is logged (and counted as an error) but costs nothing. */
-    settle(r, req, &key, NULL, res, info.model);
+    relay_proxy_settle(r, req, &key, NULL, res);
     relay_metrics_observe_request(r, req, &key, res, 0, 0, info.model);
     relay_key_record_clear(&key);
     return rc;
