@@ -82,6 +82,34 @@ class TestForwarding(ProxyBase):
             self.key_state()), 10, "token_used on the key")
         self.assertEqual(k["request_count"], 1)
 
+    def test_claude_code_shaped_request(self):
+        """What Claude Code sends: ?beta=true, stream, a ~50 KB body, max_tokens 128000 (far above
+        the reservation ceiling, yet admitted on a 1M-token key), every encoding, and the key as
+        Authorization: Bearer (ANTHROPIC_AUTH_TOKEN)."""
+        self.fake.set_usage(**CACHE_USAGE)
+        body = messages_body("x " * 25000, stream=True, max_tokens=128000,
+                             system=[{"type": "text", "text": "You are Claude Code.",
+                                      "cache_control": {"type": "ephemeral"}}])
+        self.assertGreater(len(json.dumps(body)), 50000)
+        h = dict(ANTHROPIC, authorization="Bearer " + self.key,
+                 **{"accept-encoding": "gzip, deflate, br, zstd",
+                    "anthropic-beta": "claude-code-20250219,interleaved-thinking-2025-05-14",
+                    "user-agent": "claude-cli/2.0.0 (external, cli)", "x-app": "cli"})
+        with self.relay.stream("POST", "/v1/messages?beta=true", body, h) as s:
+            self.assertEqual(s.status, 200)
+            self.assertTrue(s.headers["content-type"].startswith("text/event-stream"))
+            events = [ev for _, ev in s.events()]
+        self.assertEqual(events[-1]["event"], "message_stop")
+        rec = self.fake.requests()[-1]
+        self.assertEqual(rec["headers"]["x-api-key"], self.upstream_key)
+        self.assertNotIn("authorization", rec["headers"])
+        self.assertEqual(rec["headers"]["x-app"], "cli")
+        self.assertEqual(rec["json"]["max_tokens"], 128000)
+        row = self.wait_rows(1)[0]
+        self.assertEqual((row["prompt_tokens"], row["completion_tokens"], row["stream"]),
+                         (120, 57, 1))
+        self.assertEqual(row["request_size"], len(rec["body"]))
+
     def test_bearer_key_is_accepted_and_swapped(self):
         r = self.relay.request("POST", "/v1/messages", messages_body(),
                                dict(ANTHROPIC, authorization="Bearer " + self.key))
