@@ -206,6 +206,7 @@ void server_write_response(struct mg_connection *conn, const relay_http_response
     char clen[32];
     snprintf(clen, sizeof clen, "%zu", resp->body_len);
     mg_response_header_start(conn, resp->status);
+    server_cors_headers(conn);
     if (resp->body_len || resp->content_type[0])
         mg_response_header_add(conn, "Content-Type",
                                resp->content_type[0] ? resp->content_type : "application/json", -1);
@@ -239,6 +240,7 @@ static int sink_head(void *ud, int status, const relay_http_header_t *headers, s
     struct mg_connection *conn = ctx->conn;
     if (mg_response_header_start(conn, status) != 0)
         return -1;
+    server_cors_headers(conn);
     for (size_t i = 0; i < n; i++)
         mg_response_header_add(conn, headers[i].name, headers[i].value, -1);
     if (!ctx->head_only)

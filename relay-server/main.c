@@ -202,6 +202,11 @@ static int handle_request(server_t *s, struct mg_connection *conn)
         server_request_free(&req);
         return rc == RELAY_ERR_IO ? 0 : 1;
     }
+    if (server_cors_begin(s, conn)) {
+        server_cors_end();
+        server_request_free(&req);
+        return 1;
+    }
     const char *p = req.http.path;
     if (!strcmp(p, s->cfg->health_path))
         route_health(s, conn, &req);
@@ -216,6 +221,7 @@ static int handle_request(server_t *s, struct mg_connection *conn)
         route_console(s, conn, &req);
     else
         route_proxy(s, conn, &req);
+    server_cors_end();
     server_request_free(&req);
     return 1;
 }
@@ -241,23 +247,13 @@ static int start_civetweb(server_t *s)
     snprintf(threads, sizeof threads, "%d", s->cfg->worker_threads);
     /* Headers and each chunk are separate writes: without tcp_nodelay, Nagle's algorithm and the
      * client's delayed ACK add ~40 ms to every answer (bench/bench_proxy.py shows it). */
-    const char *opts[] = {"listening_ports",
-                          s->cfg->listen,
-                          "num_threads",
-                          threads,
-                          "enable_keep_alive",
-                          "yes",
-                          "keep_alive_timeout_ms",
-                          "30000",
-                          "request_timeout_ms",
-                          "120000",
-                          "max_request_size",
-                          "65536",
-                          "decode_url",
-                          "yes",
-                          "tcp_nodelay",
-                          "1",
-                          NULL};
+    const char *opts[] = {"listening_ports", s->cfg->listen, "num_threads", threads,
+                          "enable_keep_alive", "yes", "keep_alive_timeout_ms", "30000",
+                          "request_timeout_ms", "120000", "max_request_size", "65536", "decode_url",
+                          "yes", "tcp_nodelay", "1",
+                          /* CivetWeb answers preflights itself and sends "*" by default; the
+                           * relay does CORS only as security.cors says (cors.c). */
+                          "access_control_allow_origin", "", NULL};
     struct mg_callbacks cb;
     memset(&cb, 0, sizeof cb);
     mg_init_library(0);

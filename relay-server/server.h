@@ -59,6 +59,13 @@ typedef struct server_sink {
 void server_sink_init(relay_sink_t *sink, server_sink_t *ctx, struct mg_connection *conn,
                       const char *method);
 
+/* ---- CORS (cors.c), per request on the worker's thread ---- */
+/* Decides the request's CORS headers; answers a preflight itself (returns 1 then). */
+int server_cors_begin(server_t *s, struct mg_connection *conn);
+/* Adds the decided Access-Control-* headers to a response being started (no-op when none). */
+void server_cors_headers(struct mg_connection *conn);
+void server_cors_end(void);
+
 /* ---- routes ---- */
 int route_proxy(server_t *s, struct mg_connection *conn, server_request_t *req);
 int route_admin(server_t *s, struct mg_connection *conn, server_request_t *req);

@@ -713,11 +713,13 @@ class RedisOutageTest(LimitsBase):
         n_down = len(results)
         wait_until(lambda: len(results) >= n_down + 10, 20, "10 requests with Redis down")
         relay.wait_for_log("limits.redis_down", 5)
+        self.assertIn("relay_redis_up 0", relay.request("GET", "/metrics").text.splitlines())
 
         redis = self.start_redis(port)
         wait_until(lambda: relay.request("GET", "/health").json()["redis"] == "ok", 15,
                    '/health "redis":"ok" again')
         relay.wait_for_log("limits.redis_up", 5)
+        self.assertIn("relay_redis_up 1", relay.request("GET", "/metrics").text.splitlines())
         n_back = len(results)
         wait_until(lambda: len(results) >= n_back + 5, 15, "5 requests with Redis back")
         stop.set()

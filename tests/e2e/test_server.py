@@ -159,6 +159,51 @@ class TestReadmeAndCli(relaytest.RelayTestCase):
         self.assertIn("tier", out.stderr)
 
 
+class TestCors(relaytest.RelayTestCase):
+    """security.cors: preflights answered by the relay, Access-Control-* on every answer."""
+
+    @classmethod
+    def relay_env(cls):
+        cfg = os.path.join(relaytest.tempfile.mkdtemp(prefix="relaytest-cors-"), "cors.yaml")
+        with open(cfg, "w") as f:
+            f.write('security:\n  cors:\n    enabled: true\n'
+                    '    allow_origins: ["https://app.example.com"]\n'
+                    '    allow_headers: ["x-api-key", "content-type", "anthropic-version"]\n'
+                    '    max_age: 120\n')
+        return {"RELAY_CONFIG": cfg}
+
+    def test_preflight_is_answered_locally(self):
+        r = self.relay.request("OPTIONS", "/v1/messages", headers={
+            "origin": "https://app.example.com", "access-control-request-method": "POST",
+            "access-control-request-headers": "x-api-key, content-type"})
+        self.assertEqual(r.status, 204)
+        self.assertEqual(r.header("access-control-allow-origin"), "https://app.example.com")
+        self.assertIn("POST", r.header("access-control-allow-methods"))
+        self.assertEqual(r.header("access-control-allow-headers"),
+                         "x-api-key, content-type, anthropic-version")
+        self.assertEqual(r.header("access-control-max-age"), "120")
+        self.assertEqual(self.fake.requests(), [])
+
+    def test_answers_carry_the_headers_for_allowed_origins_only(self):
+        key, _ = self.relay.create_key()
+        h = {"origin": "https://app.example.com", "x-api-key": key,
+             "anthropic-version": "2023-06-01"}
+        r = self.relay.request("POST", "/v1/messages", messages_body(), h)
+        self.assertEqual(r.status, 200)
+        self.assertEqual(r.header("access-control-allow-origin"), "https://app.example.com")
+        self.assertIn("request-id", r.header("access-control-expose-headers"))
+        r = self.relay.request("GET", "/health", headers={"origin": "https://evil.example.net"})
+        self.assertIsNone(r.header("access-control-allow-origin"))
+        r = self.relay.request("OPTIONS", "/v1/messages", headers={
+            "origin": "https://evil.example.net", "access-control-request-method": "POST"})
+        self.assertIsNone(r.header("access-control-allow-origin"))
+
+    def test_off_by_default(self):
+        relay = self.start_relay({"RELAY_CONFIG": None})
+        r = relay.request("GET", "/health", headers={"origin": "https://app.example.com"})
+        self.assertIsNone(r.header("access-control-allow-origin"))
+
+
 class TestConfig(unittest.TestCase):
     def setUp(self):
         if not relaytest.server_bin():
