@@ -591,8 +591,7 @@ static void *prober_main(void *arg)
     pthread_mutex_lock(&rd->mu);
     while (!rd->stop) {
         struct timespec ts;
-        clock_gettime(CLOCK_REALTIME, &ts);
-        ts.tv_sec += PROBE_EVERY_MS / 1000;
+        relay_deadline_in(&ts, PROBE_EVERY_MS);
         pthread_cond_timedwait(&rd->cond, &rd->mu, &ts);
         if (rd->stop)
             break;

@@ -171,13 +171,7 @@ static int post_once(const char *url, const char *body, int timeout_ms, long *st
 static int nap(struct relay_maintenance *m, int ms)
 {
     struct timespec dl;
-    clock_gettime(CLOCK_REALTIME, &dl);
-    dl.tv_sec += ms / 1000;
-    dl.tv_nsec += (long)(ms % 1000) * 1000000L;
-    if (dl.tv_nsec >= 1000000000L) {
-        dl.tv_sec++;
-        dl.tv_nsec -= 1000000000L;
-    }
+    relay_deadline_in(&dl, ms);
     while (!m->stopping)
         if (pthread_cond_timedwait(&m->wake, &m->mu, &dl) == ETIMEDOUT)
             break;
@@ -369,12 +363,7 @@ int relay_maintenance_flush_alerts(relay_t *r, int timeout_ms)
     pthread_cond_signal(&m->wake);
     while ((m->q_count || m->busy) && relay_mono_ms() < deadline) {
         struct timespec dl;
-        clock_gettime(CLOCK_REALTIME, &dl);
-        dl.tv_nsec += 20 * 1000000L;
-        if (dl.tv_nsec >= 1000000000L) {
-            dl.tv_sec++;
-            dl.tv_nsec -= 1000000000L;
-        }
+        relay_deadline_in(&dl, 20);
         pthread_cond_timedwait(&m->idle, &m->mu, &dl);
     }
     int done = !m->q_count && !m->busy;

@@ -103,24 +103,13 @@ int relay_usage_record(relay_t *r, const relay_usage_row_t *row)
     return 0;
 }
 
-static void deadline_in(struct timespec *ts, int ms)
-{
-    clock_gettime(CLOCK_REALTIME, ts);
-    ts->tv_sec += ms / 1000;
-    ts->tv_nsec += (long)(ms % 1000) * 1000000L;
-    if (ts->tv_nsec >= 1000000000L) {
-        ts->tv_sec++;
-        ts->tv_nsec -= 1000000000L;
-    }
-}
-
 int relay_usage_flush(relay_t *r, int timeout_ms)
 {
     struct relay_usage_state *u = r->usage;
     if (!u)
         return 0;
     struct timespec dl;
-    deadline_in(&dl, timeout_ms);
+    relay_deadline_in(&dl, timeout_ms);
     pthread_mutex_lock(&u->mu);
     uint64_t target = u->seq_queued;
     int rc = 0;
@@ -198,7 +187,7 @@ static void *writer_main(void *arg)
             if (u->stopping)
                 break;
             struct timespec dl;
-            deadline_in(&dl, r->opts.usage_flush_ms > 0 ? r->opts.usage_flush_ms : 200);
+            relay_deadline_in(&dl, r->opts.usage_flush_ms > 0 ? r->opts.usage_flush_ms : 200);
             pthread_cond_timedwait(&u->wake, &u->mu, &dl);
             continue;
         }
@@ -227,7 +216,7 @@ static void *writer_main(void *arg)
         if (u->stopping && backoff_ms >= 3200)
             break;
         struct timespec dl;
-        deadline_in(&dl, backoff_ms);
+        relay_deadline_in(&dl, backoff_ms);
         pthread_cond_timedwait(&u->wake, &u->mu, &dl);
         backoff_ms = backoff_ms < 5000 ? backoff_ms * 2 : 5000;
     }

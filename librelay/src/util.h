@@ -11,6 +11,10 @@ int64_t relay_now_ms(void);
 /* Monotonic milliseconds, for durations and deadlines. */
 int64_t relay_mono_ms(void);
 
+struct timespec;
+/* The wall-clock instant ms milliseconds from now, as pthread_cond_timedwait wants it. */
+void relay_deadline_in(struct timespec *ts, int64_t ms);
+
 /* "2026-11-26T03:23:28Z" into out (cap >= 21); t == 0 gives "". */
 void relay_iso8601(int64_t t, char *out, size_t cap);
 /* "YYYY-MM-DD" of t (UTC) into out (cap >= 11). */
