@@ -57,32 +57,33 @@ int server_cors_begin(server_t *s, struct mg_connection *conn)
     const char *asked = mg_get_header(conn, "Access-Control-Request-Headers");
     joined(&c->cors_headers, asked ? asked : "", headers, sizeof headers);
     snprintf(age, sizeof age, "%d", c->cors_max_age);
-    mg_response_header_start(conn, 204);
-    server_cors_headers(conn);
-    mg_response_header_add(conn, "Access-Control-Allow-Methods", methods, -1);
+    server_out_t o;
+    server_out_init(&o);
+    server_out_start(&o, conn, 204);
+    server_out_header(&o, "Access-Control-Allow-Methods", methods);
     if (headers[0])
-        mg_response_header_add(conn, "Access-Control-Allow-Headers", headers, -1);
-    mg_response_header_add(conn, "Access-Control-Max-Age", age, -1);
-    mg_response_header_add(conn, "Content-Length", "0", -1);
-    mg_response_header_send(conn);
+        server_out_header(&o, "Access-Control-Allow-Headers", headers);
+    server_out_header(&o, "Access-Control-Max-Age", age);
+    server_out_header(&o, "Content-Length", "0");
+    server_out_end_head(&o, conn, 0);
+    server_out_send(&o, conn);
     return 1;
 }
 
-void server_cors_headers(struct mg_connection *conn)
+void server_cors_headers(server_out_t *o)
 {
     if (!t_allow_origin)
         return;
-    mg_response_header_add(conn, "Access-Control-Allow-Origin", t_allow_origin, -1);
+    server_out_header(o, "Access-Control-Allow-Origin", t_allow_origin);
     if (strcmp(t_allow_origin, "*")) {
-        mg_response_header_add(conn, "Vary", "Origin", -1);
-        mg_response_header_add(conn, "Access-Control-Allow-Credentials", "true", -1);
+        server_out_header(o, "Vary", "Origin");
+        server_out_header(o, "Access-Control-Allow-Credentials", "true");
     }
     /* What a browser client of the API needs to read from an answer. */
-    mg_response_header_add(
-        conn, "Access-Control-Expose-Headers",
+    server_out_header(
+        o, "Access-Control-Expose-Headers",
         "request-id, retry-after, x-should-retry, anthropic-ratelimit-requests-limit, "
-        "anthropic-ratelimit-requests-remaining, anthropic-ratelimit-requests-reset",
-        -1);
+        "anthropic-ratelimit-requests-remaining, anthropic-ratelimit-requests-reset");
 }
 
 void server_cors_end(void)

@@ -200,22 +200,182 @@ void server_request_free(server_request_t *req)
     req->body = NULL;
 }
 
-/* ---- responses ---- */
+/* ---- responses: a head (and a short body) assembled in one buffer, sent in one write ---- */
+/* Past this a response is not sent: far above any head, and above the largest held JSON answer. */
+#define OUT_CAP (32u << 20)
+
+void server_out_init(server_out_t *o)
+{
+    o->data = o->inline_buf;
+    o->len = 0;
+    o->cap = sizeof o->inline_buf;
+    o->failed = 0;
+}
+
+void server_out_free(server_out_t *o)
+{
+    if (o->data != o->inline_buf)
+        free(o->data);
+    server_out_init(o);
+}
+
+void server_out_add(server_out_t *o, const void *p, size_t n)
+{
+    if (o->failed)
+        return;
+    if (o->len + n > o->cap) {
+        size_t nc = o->cap * 2;
+        while (nc < o->len + n)
+            nc *= 2;
+        char *d = nc <= OUT_CAP ? malloc(nc) : NULL;
+        if (!d) {
+            o->failed = 1;
+            return;
+        }
+        memcpy(d, o->data, o->len);
+        if (o->data != o->inline_buf)
+            free(o->data);
+        o->data = d;
+        o->cap = nc;
+    }
+    memcpy(o->data + o->len, p, n);
+    o->len += n;
+}
+
+static void out_str(server_out_t *o, const char *s)
+{
+    server_out_add(o, s, strlen(s));
+}
+
+void server_out_header(server_out_t *o, const char *name, const char *value)
+{
+    out_str(o, name);
+    server_out_add(o, ": ", 2);
+    out_str(o, value);
+    server_out_add(o, "\r\n", 2);
+}
+
+/* The Date header's value, formatted once a second per thread. */
+static const char *http_date(void)
+{
+    static __thread time_t t_when;
+    static __thread char t_date[40];
+    time_t now = time(NULL);
+    if (now != t_when) {
+        struct tm tm;
+        gmtime_r(&now, &tm);
+        strftime(t_date, sizeof t_date, "%a, %d %b %Y %H:%M:%S GMT", &tm);
+        t_when = now;
+    }
+    return t_date;
+}
+
+/* Does the client keep the connection (CivetWeb's own rule: a Connection header naming
+ * keep-alive, or HTTP/1.1 without one)? */
+static int has_token(const char *list, const char *tok)
+{
+    size_t tl = strlen(tok);
+    for (const char *p = list; *p;) {
+        p += strspn(p, " \t,");
+        size_t n = strcspn(p, " \t,");
+        if (n == tl && !strncasecmp(p, tok, n))
+            return 1;
+        p += n;
+    }
+    return 0;
+}
+
+static int client_keeps_alive(struct mg_connection *conn)
+{
+    const char *h = mg_get_header(conn, "Connection");
+    if (h)
+        return has_token(h, "keep-alive");
+    const char *v = mg_get_request_info(conn)->http_version;
+    return v && !strcmp(v, "1.1");
+}
+
+void server_out_start(server_out_t *o, struct mg_connection *conn, int status)
+{
+    char line[160];
+    const char *v = mg_get_request_info(conn)->http_version;
+    snprintf(line, sizeof line, "HTTP/%s %d %s\r\n", v && !strcmp(v, "1.0") ? "1.0" : "1.1", status,
+             mg_get_response_code_text(conn, status));
+    out_str(o, line);
+    server_out_header(o, "Date", http_date());
+    server_cors_headers(o);
+}
+
+int server_out_end_head(server_out_t *o, struct mg_connection *conn, int close)
+{
+    if (close || !client_keeps_alive(conn)) {
+        mg_disable_keep_alive(conn);
+        close = 1;
+    }
+    server_out_header(o, "Connection", close ? "close" : "keep-alive");
+    server_out_add(o, "\r\n", 2);
+    return close;
+}
+
+int server_out_send(server_out_t *o, struct mg_connection *conn)
+{
+    int rc = o->failed ? -1 : mg_write(conn, o->data, o->len) == (int)o->len ? 0 : -1;
+    server_out_free(o);
+    return rc;
+}
+
+static int is_connection_close(const char *name, const char *value)
+{
+    return !strcasecmp(name, "Connection") && has_token(value, "close");
+}
+
+/* A whole answer of known length into o: head and body, for one write. */
+static void build_whole(server_out_t *o, struct mg_connection *conn, int status,
+                        const char *content_type, const relay_http_header_t *h, size_t n,
+                        const char *body, size_t len, int head_only)
+{
+    server_out_start(o, conn, status);
+    if (content_type)
+        server_out_header(o, "Content-Type", content_type);
+    int close = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (is_connection_close(h[i].name, h[i].value))
+            close = 1;
+        else if (strcasecmp(h[i].name, "Connection"))
+            server_out_header(o, h[i].name, h[i].value);
+    }
+    char clen[32];
+    snprintf(clen, sizeof clen, "%zu", len);
+    server_out_header(o, "Content-Length", clen);
+    server_out_end_head(o, conn, close);
+    if (!head_only)
+        server_out_add(o, body, len);
+}
+
+static int write_whole(struct mg_connection *conn, int status, const char *content_type,
+                       const relay_http_header_t *h, size_t n, const char *body, size_t len,
+                       int head_only)
+{
+    server_out_t o;
+    server_out_init(&o);
+    build_whole(&o, conn, status, content_type, h, n, body, len, head_only);
+    return server_out_send(&o, conn);
+}
+
 void server_write_response(struct mg_connection *conn, const relay_http_response_t *resp)
 {
-    char clen[32];
-    snprintf(clen, sizeof clen, "%zu", resp->body_len);
-    mg_response_header_start(conn, resp->status);
-    server_cors_headers(conn);
-    if (resp->body_len || resp->content_type[0])
-        mg_response_header_add(conn, "Content-Type",
-                               resp->content_type[0] ? resp->content_type : "application/json", -1);
-    for (size_t i = 0; i < resp->n_headers; i++)
-        mg_response_header_add(conn, resp->headers[i].name, resp->headers[i].value, -1);
-    mg_response_header_add(conn, "Content-Length", clen, -1);
-    mg_response_header_send(conn);
-    if (resp->body_len)
-        mg_write(conn, resp->body, resp->body_len);
+    relay_http_header_t h[RELAY_HTTP_MAX_RESP_HEADERS];
+    size_t n = resp->n_headers < RELAY_HTTP_MAX_RESP_HEADERS ? resp->n_headers
+                                                             : RELAY_HTTP_MAX_RESP_HEADERS;
+    for (size_t i = 0; i < n; i++) {
+        h[i].name = resp->headers[i].name;
+        h[i].value = resp->headers[i].value;
+    }
+    const char *ct = resp->content_type[0] ? resp->content_type
+                     : resp->body_len      ? "application/json"
+                                           : NULL;
+    const char *method = mg_get_request_info(conn)->request_method;
+    write_whole(conn, resp->status, ct, h, n, resp->body, resp->body_len,
+                method && !strcmp(method, "HEAD"));
 }
 
 void server_write_json(struct mg_connection *conn, int status, const char *json)
@@ -238,26 +398,55 @@ static int sink_head(void *ud, int status, const relay_http_header_t *headers, s
 {
     server_sink_t *ctx = ud;
     struct mg_connection *conn = ctx->conn;
-    if (mg_response_header_start(conn, status) != 0)
-        return -1;
-    server_cors_headers(conn);
+    server_out_t o;
+    server_out_init(&o);
+    server_out_start(&o, conn, status);
     for (size_t i = 0; i < n; i++)
-        mg_response_header_add(conn, headers[i].name, headers[i].value, -1);
-    if (!ctx->head_only)
-        mg_response_header_add(conn, "Transfer-Encoding", "chunked", -1);
-    mg_response_header_add(conn, "X-Accel-Buffering", "no", -1);
-    return mg_response_header_send(conn) == 0 ? 0 : -1;
+        server_out_header(&o, headers[i].name, headers[i].value);
+    /* An HTTP/1.0 client cannot read chunks: the body runs to the connection's end. */
+    const char *v = mg_get_request_info(conn)->http_version;
+    ctx->chunked = !ctx->head_only && !(v && !strcmp(v, "1.0"));
+    if (ctx->chunked)
+        server_out_header(&o, "Transfer-Encoding", "chunked");
+    server_out_header(&o, "X-Accel-Buffering", "no");
+    server_out_end_head(&o, conn, !ctx->chunked && !ctx->head_only);
+    return server_out_send(&o, conn);
 }
 
+/*
+ * A held answer of known length: head, content-length and body assembled now and written in one
+ * go by server_sink_end, after relay_proxy has settled the request. A client that has its whole
+ * answer may send its next request at once, and that one must see this one's real cost, not its
+ * reservation (as it did when the chunked end was the last thing written).
+ */
+static int sink_whole(void *ud, int status, const relay_http_header_t *headers, size_t n,
+                      const char *body, size_t len)
+{
+    server_sink_t *ctx = ud;
+    ctx->whole = 1;
+    build_whole(&ctx->pending, ctx->conn, status, NULL, headers, n, body, len, ctx->head_only);
+    return ctx->pending.failed ? -1 : 0;
+}
+
+#define CHUNK_PIECE 16384
+
+/* One chunk per write: size line, data and CRLF leave together (one packet, not three). */
 static int sink_body(void *ud, const char *data, size_t len)
 {
     server_sink_t *ctx = ud;
     struct mg_connection *conn = ctx->conn;
     if (ctx->head_only)
         return 0; /* an answer to HEAD has no body */
+    if (!ctx->chunked)
+        return len && mg_write(conn, data, len) != (int)len ? -1 : 0;
+    char frame[CHUNK_PIECE + 32];
     while (len) {
-        unsigned int n = len > 1u << 30 ? 1u << 30 : (unsigned int)len;
-        if (mg_send_chunk(conn, data, n) <= 0)
+        size_t n = len > CHUNK_PIECE ? CHUNK_PIECE : len;
+        int hl = snprintf(frame, 32, "%zx\r\n", n);
+        memcpy(frame + hl, data, n);
+        memcpy(frame + hl + n, "\r\n", 2);
+        size_t total = (size_t)hl + n + 2;
+        if (mg_write(conn, frame, total) != (int)total)
             return -1;
         data += n;
         len -= n;
@@ -265,12 +454,28 @@ static int sink_body(void *ud, const char *data, size_t len)
     return 0;
 }
 
+void server_sink_end(server_sink_t *ctx)
+{
+    if (ctx->whole)
+        server_out_send(&ctx->pending, ctx->conn);
+    else if (ctx->chunked && !ctx->head_only)
+        mg_write(ctx->conn, "0\r\n\r\n", 5);
+}
+
+void server_sink_free(server_sink_t *ctx)
+{
+    server_out_free(&ctx->pending);
+}
+
 void server_sink_init(relay_sink_t *sink, server_sink_t *ctx, struct mg_connection *conn,
                       const char *method)
 {
+    memset(ctx, 0, sizeof *ctx);
+    server_out_init(&ctx->pending);
     ctx->conn = conn;
     ctx->head_only = strcmp(method, "HEAD") == 0;
     sink->ud = ctx;
     sink->head = sink_head;
     sink->body = sink_body;
+    sink->whole = sink_whole;
 }

@@ -83,13 +83,15 @@ int route_console(server_t *s, struct mg_connection *conn, server_request_t *req
     }
     char clen[32];
     snprintf(clen, sizeof clen, "%zu", size);
-    mg_response_header_start(conn, 200);
-    mg_response_header_add(conn, "Content-Type", content_type(name), -1);
+    server_out_t o;
+    server_out_init(&o);
+    server_out_start(&o, conn, 200);
+    server_out_header(&o, "Content-Type", content_type(name));
     for (size_t i = 0; i < sizeof security_headers / sizeof security_headers[0]; i++)
-        mg_response_header_add(conn, security_headers[i][0], security_headers[i][1], -1);
-    mg_response_header_add(conn, "Content-Length", clen, -1);
-    mg_response_header_send(conn);
-    if (!head)
+        server_out_header(&o, security_headers[i][0], security_headers[i][1]);
+    server_out_header(&o, "Content-Length", clen);
+    server_out_end_head(&o, conn, 0);
+    if (server_out_send(&o, conn) == 0 && !head)
         mg_write(conn, data, size);
     return 1;
 }

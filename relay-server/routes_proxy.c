@@ -43,8 +43,11 @@ int route_proxy(server_t *s, struct mg_connection *conn, server_request_t *req)
      * upstream cut a passed-through body (the client must see it incomplete, not whole). */
     int truncated = res.fwd.cut && !res.fwd.stream && res.fwd.error_code == RELAY_ERR_UPSTREAM &&
                     res.status >= 200 && res.status < 300;
-    if (res.status && !res.fwd.client_gone && !ctx.head_only && !truncated)
-        mg_send_chunk(conn, "", 0);
+    if (res.status && !res.fwd.client_gone && !truncated)
+        server_sink_end(&ctx);
+    else if (truncated)
+        mg_disable_keep_alive(conn); /* an unterminated body: the connection cannot be reused */
+    server_sink_free(&ctx);
     if (res.fwd.attempts > 1 || res.fwd.cut || res.fwd.client_gone) {
         char fields[512];
         snprintf(fields, sizeof fields,

@@ -45,25 +45,57 @@ int server_request_read(server_t *s, struct mg_connection *conn, server_request_
                         size_t max_body);
 void server_request_free(server_request_t *req);
 
-/* Writes a complete response (status, headers, body) with a content-length. */
+/*
+ * A response head assembled in one buffer (spilling to the heap past the inline part, capped at
+ * 32 MiB), so that a head, or a head with its body, leaves in one write: CivetWeb's own
+ * mg_response_header_send writes every header line separately, a packet each with tcp_nodelay.
+ */
+typedef struct server_out {
+    char *data;
+    size_t len, cap;
+    int failed; /* out of memory or past the cap: nothing is sent */
+    char inline_buf[4096];
+} server_out_t;
+void server_out_init(server_out_t *o);
+void server_out_free(server_out_t *o);
+void server_out_add(server_out_t *o, const void *p, size_t n);
+void server_out_header(server_out_t *o, const char *name, const char *value);
+/* The status line, Date and the request's CORS headers. */
+void server_out_start(server_out_t *o, struct mg_connection *conn, int status);
+/* The Connection header and the blank line; close (or a client that does not keep the
+ * connection) makes CivetWeb close it after this answer. Returns whether it will close. */
+int server_out_end_head(server_out_t *o, struct mg_connection *conn, int close);
+/* Writes everything in one mg_write and frees o. 0, or -1 when the client is gone. */
+int server_out_send(server_out_t *o, struct mg_connection *conn);
+
+/* Writes a complete response (status, headers, body) with a content-length, in one write. */
 void server_write_response(struct mg_connection *conn, const relay_http_response_t *resp);
 /* Writes Anthropic error JSON for code and message. */
 void server_write_error(struct mg_connection *conn, int code, const char *message);
 /* Writes a JSON body with status. */
 void server_write_json(struct mg_connection *conn, int status, const char *json);
-/* The sink librelay streams a proxied answer into (chunked transfer, flushed per write). */
+/* The sink librelay streams a proxied answer into: chunked transfer, one write per chunk; a
+ * held answer of known length goes out whole with a content-length. */
 typedef struct server_sink {
     struct mg_connection *conn;
     int head_only; /* a HEAD request: headers only, no body and no chunked framing */
+    int chunked;   /* the body is chunked (HTTP/1.1); else it runs to the connection's end */
+    int whole;     /* the answer is whole (content-length), waiting in pending */
+    server_out_t pending;
 } server_sink_t;
 void server_sink_init(relay_sink_t *sink, server_sink_t *ctx, struct mg_connection *conn,
                       const char *method);
+/* Ends the answer: writes a pending whole answer, or ends a chunked body (the zero-length
+ * chunk). Call once the request is settled, unless the client left or the body was cut. */
+void server_sink_end(server_sink_t *ctx);
+/* Frees what the sink holds (a whole answer never sent). Always call it. */
+void server_sink_free(server_sink_t *ctx);
 
 /* ---- CORS (cors.c), per request on the worker's thread ---- */
 /* Decides the request's CORS headers; answers a preflight itself (returns 1 then). */
 int server_cors_begin(server_t *s, struct mg_connection *conn);
 /* Adds the decided Access-Control-* headers to a response being started (no-op when none). */
-void server_cors_headers(struct mg_connection *conn);
+void server_cors_headers(server_out_t *o);
 void server_cors_end(void);
 
 /* ---- routes ---- */

@@ -42,8 +42,7 @@ static void sink_write_response(const relay_sink_t *sink, const relay_http_respo
         h[n].name = resp->headers[i].name;
         h[n++].value = resp->headers[i].value;
     }
-    if (sink->head(sink->ud, resp->status, h, n) != 0 ||
-        (resp->body_len && sink->body(sink->ud, resp->body, resp->body_len)))
+    if (relay_sink_write_whole(sink, resp->status, h, n, resp->body, resp->body_len))
         *gone = 1;
 }
 

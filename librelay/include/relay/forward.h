@@ -24,6 +24,14 @@ typedef struct relay_sink {
     void *ud;
     int (*head)(void *ud, int status, const relay_http_header_t *headers, size_t n_headers);
     int (*body)(void *ud, const char *data, size_t len);
+    /*
+     * Optional (NULL: librelay calls head, then body once). A complete answer whose length is
+     * known before its first byte leaves (a held JSON answer, a refusal, an error the relay
+     * writes): the host can frame it with a content-length and send head and body in one write.
+     * Called instead of head and body, never after them. Since 0.2: zero-initialise the sink.
+     */
+    int (*whole)(void *ud, int status, const relay_http_header_t *headers, size_t n_headers,
+                 const char *body, size_t len);
 } relay_sink_t;
 
 /* What happened to one forwarded request. */
@@ -62,6 +70,12 @@ RELAY_API int relay_forward(relay_t *r, const relay_http_request_t *req, const r
  * configured as ".../v1" (as the original relay wrote it) is not doubled: both
  * "https://api.anthropic.com" and "https://api.anthropic.com/v1" give ".../v1/messages".
  */
+/* Writes a complete answer through sink: whole when the sink has it, else head then body.
+ * Returns nonzero when the client has gone away. */
+RELAY_API int relay_sink_write_whole(const relay_sink_t *sink, int status,
+                                     const relay_http_header_t *headers, size_t n_headers,
+                                     const char *body, size_t len);
+
 RELAY_API int relay_forward_url(relay_t *r, const char *path, const char *query, char *out,
                                 size_t cap);
 
