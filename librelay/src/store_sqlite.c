@@ -14,11 +14,27 @@
 /* How long a caller waits for a free pooled connection before giving up. */
 #define POOL_WAIT_S 30
 
+/*
+ * Prepared statements kept per connection: parsing and planning the usage writer's statements
+ * on every call was a visible share of its CPU (perf: sqlite3Parser and its mallocs, which also
+ * contended on malloc's locks with the request threads). A small cache, least recently used out.
+ */
+#define STMT_CACHE 48
+
+typedef struct stmt_slot {
+    uint64_t hash;
+    char *sql;
+    sqlite3_stmt *st;
+    uint64_t used; /* 0: empty */
+} stmt_slot_t;
+
 struct relay_store_conn {
     sqlite3 *db;
     int in_use;
     int in_write; /* holds the pool's write lock */
     struct sqlite_pool *pool;
+    stmt_slot_t stmts[STMT_CACHE];
+    uint64_t tick;
 };
 
 struct relay_sql_row {
@@ -194,17 +210,74 @@ static int bind_params(sqlite3_stmt *st, const relay_sql_val_t *params, int npar
     return SQLITE_OK;
 }
 
+static uint64_t fnv1a(const char *s)
+{
+    uint64_t h = 1469598103934665603ull;
+    for (; *s; s++)
+        h = (h ^ (unsigned char)*s) * 1099511628211ull;
+    return h;
+}
+
+static void stmts_clear(relay_store_conn_t *c)
+{
+    for (int i = 0; i < STMT_CACHE; i++) {
+        sqlite3_finalize(c->stmts[i].st);
+        free(c->stmts[i].sql);
+        memset(&c->stmts[i], 0, sizeof c->stmts[i]);
+    }
+}
+
+/* The connection's prepared statement for sql (prepared now on a miss). SQLite re-prepares a
+ * cached statement by itself when a migration changes the schema under it. */
+static int stmt_get(relay_store_conn_t *c, const char *sql, sqlite3_stmt **out)
+{
+    uint64_t h = fnv1a(sql);
+    stmt_slot_t *victim = &c->stmts[0];
+    for (int i = 0; i < STMT_CACHE; i++) {
+        stmt_slot_t *e = &c->stmts[i];
+        if (e->used && e->hash == h && !strcmp(e->sql, sql)) {
+            e->used = ++c->tick;
+            *out = e->st;
+            return SQLITE_OK;
+        }
+        if (e->used < victim->used)
+            victim = e;
+    }
+    sqlite3_stmt *st = NULL;
+    int rc = sqlite3_prepare_v3(c->db, sql, -1, SQLITE_PREPARE_PERSISTENT, &st, NULL);
+    if (rc != SQLITE_OK)
+        return rc;
+    char *copy = strdup(sql);
+    if (!copy) {
+        sqlite3_finalize(st);
+        return SQLITE_NOMEM;
+    }
+    sqlite3_finalize(victim->st);
+    free(victim->sql);
+    *victim = (stmt_slot_t){h, copy, st, ++c->tick};
+    *out = st;
+    return SQLITE_OK;
+}
+
+/* Done with a cached statement: reset for the next call (which also ends its read of the WAL)
+ * and drop the bindings, which borrow the caller's text. */
+static void stmt_put(sqlite3_stmt *st)
+{
+    sqlite3_reset(st);
+    sqlite3_clear_bindings(st);
+}
+
 static int sq_exec(relay_store_conn_t *c, const char *sql, const relay_sql_val_t *params,
                    int nparams, relay_sql_row_fn fn, void *ud, int64_t *changes, relay_error_t *err)
 {
     sqlite3_stmt *st = NULL;
-    int rc = sqlite3_prepare_v2(c->db, sql, -1, &st, NULL);
+    int rc = stmt_get(c, sql, &st);
     if (rc != SQLITE_OK)
         return map_error(c->db, rc, err);
     rc = bind_params(st, params, nparams);
     if (rc != SQLITE_OK) {
         int ret = map_error(c->db, rc, err);
-        sqlite3_finalize(st);
+        stmt_put(st);
         return ret;
     }
     struct relay_sql_row row = {st};
@@ -217,7 +290,7 @@ static int sq_exec(relay_store_conn_t *c, const char *sql, const relay_sql_val_t
         ret = map_error(c->db, rc, err);
     else if (ret == 0 && changes)
         *changes = sqlite3_changes64(c->db);
-    sqlite3_finalize(st);
+    stmt_put(st);
     return ret;
 }
 
@@ -249,8 +322,10 @@ static void sq_close(relay_store_t *s)
     sqlite_pool_t *p = s->impl;
     if (!p)
         return;
-    for (int i = 0; i < p->n; i++)
+    for (int i = 0; i < p->n; i++) {
+        stmts_clear(&p->conns[i]);
         sqlite3_close_v2(p->conns[i].db);
+    }
     pthread_mutex_destroy(&p->mu);
     pthread_cond_destroy(&p->cv);
     pthread_mutex_destroy(&p->write_mu);
