@@ -1,11 +1,14 @@
 /* forward: libcurl to the upstream with the key swapped, streaming to the host's sink, with
  * retries. */
 #include <curl/curl.h>
+#include <errno.h>
+#include <poll.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/socket.h>
 #include <time.h>
 
 #include "buf.h"
@@ -15,19 +18,17 @@
 #include "relay/tokens.h"
 #include "util.h"
 
-#define MAX_RESP_HEADERS 64
-#define JSON_BODY_CAP    (16u * 1024 * 1024) /* non-streaming answers kept for their usage */
-#define ERR_BODY_CAP     (64u * 1024)        /* a retried attempt's error body, for the log */
-#define HANDLE_CONNS     4                   /* connections one pooled handle keeps */
-#define POOL_MAX         65536               /* pooled handles at most */
-#define POOL_IDLE_MS     60000               /* a handle unused this long is closed */
+#define MAX_RESP_HEADERS    64
+#define JSON_BODY_CAP       (16u * 1024 * 1024) /* non-streaming answers kept for their usage */
+#define ERR_BODY_CAP        (64u * 1024)        /* a retried attempt's error body, for the log */
+#define UPSTREAM_IDLE_CONNS 4096L               /* idle upstream connections kept for reuse */
+#define POOL_MAX            65536               /* pooled handles at most */
+#define POOL_IDLE_MS        60000               /* a handle unused this long is freed */
 
 /*
- * Upstream connections: a pool of easy handles, each keeping its own connection cache, taken and
- * returned most-recently-used first so a request gets a handle whose connection is warm. The share
- * handle carries only the DNS cache and TLS sessions (touched when a connection is made, not per
- * transfer): sharing the connection cache too made every transfer take the share's CONNECT lock
- * several times, the relay's most contended lock under load (perf: 40% of futex calls at c=32).
+ * Upstream transfers all run on one I/O thread (forward_loop.c), whose multi handle keeps the
+ * connections: one cache, no locks, reused by every request. Easy handles are pooled only to save
+ * their allocation; a handle idle for a minute at the bottom of the stack is freed.
  */
 typedef struct pooled {
     CURL *h;
@@ -35,8 +36,7 @@ typedef struct pooled {
 } pooled_t;
 
 struct relay_forward_state {
-    CURLSH *share;
-    pthread_mutex_t locks[CURL_LOCK_DATA_LAST];
+    relay_loop_t *loop;
     pthread_mutex_t pool_mu;
     pooled_t *pool; /* a stack: the top was used last */
     size_t n_pool, cap_pool;
@@ -60,18 +60,6 @@ static void curl_init_once(void)
     curl_init_rc = curl_global_init(CURL_GLOBAL_DEFAULT);
 }
 
-static void share_lock(CURL *h, curl_lock_data data, curl_lock_access a, void *ud)
-{
-    (void)h, (void)a;
-    pthread_mutex_lock(&((struct relay_forward_state *)ud)->locks[data]);
-}
-
-static void share_unlock(CURL *h, curl_lock_data data, void *ud)
-{
-    (void)h;
-    pthread_mutex_unlock(&((struct relay_forward_state *)ud)->locks[data]);
-}
-
 int relay_forward_start(relay_t *r, relay_error_t *err)
 {
     pthread_once(&curl_once, curl_init_once);
@@ -80,18 +68,10 @@ int relay_forward_start(relay_t *r, relay_error_t *err)
     struct relay_forward_state *f = calloc(1, sizeof *f);
     if (!f)
         return relay_error_set(err, RELAY_ERR_NOMEM, "out of memory");
-    for (int i = 0; i < CURL_LOCK_DATA_LAST; i++)
-        pthread_mutex_init(&f->locks[i], NULL);
     pthread_mutex_init(&f->pool_mu, NULL);
-    f->share = curl_share_init();
     r->forward = f;
-    if (!f->share)
-        return relay_error_set(err, RELAY_ERR_NOMEM, "out of memory");
-    curl_share_setopt(f->share, CURLSHOPT_LOCKFUNC, share_lock);
-    curl_share_setopt(f->share, CURLSHOPT_UNLOCKFUNC, share_unlock);
-    curl_share_setopt(f->share, CURLSHOPT_USERDATA, f);
-    curl_share_setopt(f->share, CURLSHOPT_SHARE, CURL_LOCK_DATA_DNS);
-    curl_share_setopt(f->share, CURLSHOPT_SHARE, CURL_LOCK_DATA_SSL_SESSION);
+    if (relay_loop_start(&f->loop, UPSTREAM_IDLE_CONNS) != 0)
+        return relay_error_set(err, RELAY_ERR_INTERNAL, "cannot start the upstream I/O thread");
     if (r->opts.tokenizer_file && *r->opts.tokenizer_file) {
         int rc = relay_tokenizer_new(&r->tokenizer, r->opts.tokenizer_file, err);
         if (rc)
@@ -105,13 +85,10 @@ void relay_forward_stop(relay_t *r)
     struct relay_forward_state *f = r->forward;
     if (!f)
         return;
+    relay_loop_stop(f->loop);
     for (size_t i = 0; i < f->n_pool; i++)
         curl_easy_cleanup(f->pool[i].h);
     free(f->pool);
-    if (f->share)
-        curl_share_cleanup(f->share);
-    for (int i = 0; i < CURL_LOCK_DATA_LAST; i++)
-        pthread_mutex_destroy(&f->locks[i]);
     pthread_mutex_destroy(&f->pool_mu);
     free(f);
     r->forward = NULL;
@@ -312,8 +289,12 @@ typedef struct fwd {
     relay_buf_t json; /* non-streaming body, for its usage */
     int json_overflow;
     int json_parsed; /* res->usage already holds the parse of json */
-    int64_t t_start, t_attempt, t_last_rx, t_first_byte, drain_deadline;
-    int abort_reason; /* why the transfer callback stopped it */
+    int64_t t_start, t_attempt, t_last_rx, t_first_byte;
+    int64_t drain_deadline;        /* atomic: set by whichever thread sees the client leave */
+    int abort_reason;              /* why the transfer was stopped early */
+    relay_xfer_t x;                /* the attempt, shared with the I/O thread */
+    relay_buf_t spare;             /* the worker's side of the pending body (swapped, not copied) */
+    int direct_fd, direct_chunked; /* the host's socket for direct writes (-1: none) */
 } fwd_t;
 
 enum { ABORT_NONE, ABORT_FIRST_BYTE, ABORT_IDLE, ABORT_TOTAL, ABORT_DRAIN };
@@ -323,20 +304,44 @@ static int is_retryable_status(int s)
     return s == 408 || s == 429 || s == 500 || s == 502 || s == 503 || s == 504 || s == 529;
 }
 
+/* Either thread: the client went away. For a stream the transfer goes on (billing) until the
+ * drain deadline; a non-streaming one ends at its next byte. */
 static void client_left(fwd_t *f)
 {
-    if (f->res->client_gone)
+    if (__atomic_exchange_n(&f->res->client_gone, 1, __ATOMIC_SEQ_CST))
         return;
-    f->res->client_gone = 1;
-    f->drain_deadline = relay_mono_ms() + f->r->opts.drain_timeout_ms;
+    __atomic_store_n(&f->drain_deadline, relay_mono_ms() + f->r->opts.drain_timeout_ms,
+                     __ATOMIC_SEQ_CST);
 }
 
-static void send_head(fwd_t *f)
+static int gone(const fwd_t *f)
+{
+    return __atomic_load_n(&f->res->client_gone, __ATOMIC_SEQ_CST);
+}
+
+static void on_client_gone(void *ud)
+{
+    client_left(ud);
+}
+
+/* I/O thread: the head is decided; the worker writes it. */
+static void announce_head(fwd_t *f)
 {
     f->head_sent = 1;
     f->res->status = f->status;
-    if (f->sink->head(f->sink->ud, f->status, f->hdrs, f->n_hdrs) != 0)
+    relay_xfer_head(&f->x);
+}
+
+/* Worker: writes the head the I/O thread announced, and asks the host for direct writes. */
+static void deliver_head(fwd_t *f)
+{
+    if (f->sink->head(f->sink->ud, f->status, f->hdrs, f->n_hdrs) != 0) {
         client_left(f);
+        return;
+    }
+    f->direct_fd = -1;
+    if (f->sink->direct && f->sink->direct(f->sink->ud, &f->direct_fd, &f->direct_chunked) != 0)
+        f->direct_fd = -1;
 }
 
 /* Seconds of a retry-after header; -1 when absent or not a number (an HTTP date is treated as
@@ -403,7 +408,7 @@ static void headers_complete(fwd_t *f)
      * answered with an error instead of a truncated 200. Streams are never held. */
     f->hold = f->is_json && f->status >= 200 && f->status < 300;
     if (!f->hold)
-        send_head(f);
+        announce_head(f);
 }
 
 static size_t on_header(char *data, size_t size, size_t nmemb, void *ud)
@@ -450,16 +455,16 @@ int relay_sink_write_whole(const relay_sink_t *sink, int status, const relay_htt
     return sink->head(sink->ud, status, h, n) != 0 || (len && sink->body(sink->ud, body, len) != 0);
 }
 
-/* Sends the head and what was held of a JSON answer: whole when it is complete, so the host
- * can give it a content-length and one write. */
+/* Sends what was held of a JSON answer: whole when it is complete (worker, at the end), so the
+ * host can give it a content-length and one write; else (I/O thread, too big to hold) the head
+ * and the bytes so far are passed on and the rest follows as it comes. */
 static void release_held(fwd_t *f, int complete)
 {
     f->hold = 0;
     if (!complete) {
-        send_head(f);
-        if (!f->res->client_gone && f->json.len &&
-            f->sink->body(f->sink->ud, f->json.data, f->json.len) != 0)
-            client_left(f);
+        announce_head(f);
+        if (f->json.len)
+            relay_xfer_body(&f->x, f->json.data, f->json.len);
         return;
     }
     f->head_sent = 1;
@@ -468,6 +473,7 @@ static void release_held(fwd_t *f, int complete)
         client_left(f);
 }
 
+/* I/O thread: curl's write callback. */
 static size_t on_body(char *data, size_t size, size_t nmemb, void *ud)
 {
     fwd_t *f = ud;
@@ -480,6 +486,10 @@ static size_t on_body(char *data, size_t size, size_t nmemb, void *ud)
     }
     if (!f->headers_done) /* a body without a header block end seen: be safe */
         headers_complete(f);
+    /* A slow client: stop reading the upstream before these bytes are used (curl hands them
+     * again on resume), so what the relay holds for one client stays bounded. */
+    if (!f->hold && !gone(f) && relay_xfer_would_pause(&f->x, len))
+        return CURL_WRITEFUNC_PAUSE;
     if (f->status >= 200 && f->status < 300)
         f->got_2xx_body = 1;
     if (!f->t_first_byte) {
@@ -497,21 +507,20 @@ static size_t on_body(char *data, size_t size, size_t nmemb, void *ud)
     }
     if (f->hold)
         return len;
-    if (!f->res->client_gone && f->sink->body(f->sink->ud, data, len) != 0)
-        client_left(f);
+    if (!gone(f))
+        relay_xfer_body(&f->x, data, len);
     /* Without a stream to drain, a gone client ends the transfer: nothing more to bill. */
-    if (f->res->client_gone && !f->is_sse)
+    if (gone(f) && !f->is_sse)
         return f->json_overflow ? 0 : len;
     return len;
 }
 
-static int on_progress(void *ud, curl_off_t dlt, curl_off_t dln, curl_off_t ult, curl_off_t uln)
+/* Why the transfer should stop now (ABORT_*), from either curl's progress callback or the I/O
+ * thread's sweep of idle transfers: both run on the I/O thread. */
+static int deadline_passed(fwd_t *f, int64_t now)
 {
-    (void)dlt, (void)dln, (void)ult, (void)uln;
-    fwd_t *f = ud;
     const relay_options_t *o = &f->r->opts;
-    int64_t now = relay_mono_ms();
-    if (f->res->client_gone && now > f->drain_deadline)
+    if (gone(f) && now > __atomic_load_n(&f->drain_deadline, __ATOMIC_SEQ_CST))
         f->abort_reason = ABORT_DRAIN;
     else if (!f->t_last_rx && now - f->t_attempt > (int64_t)(o->first_byte_timeout_s * 1000))
         f->abort_reason = ABORT_FIRST_BYTE;
@@ -522,17 +531,22 @@ static int on_progress(void *ud, curl_off_t dlt, curl_off_t dln, curl_off_t ult,
     return f->abort_reason != ABORT_NONE;
 }
 
+static int check_deadlines(void *ud, int64_t now)
+{
+    return deadline_passed(ud, now);
+}
+
+static int on_progress(void *ud, curl_off_t dlt, curl_off_t dln, curl_off_t ult, curl_off_t uln)
+{
+    (void)dlt, (void)dln, (void)ult, (void)uln;
+    return deadline_passed(ud, relay_mono_ms());
+}
+
 static void setup_easy(fwd_t *f, CURL *h, const relay_http_request_t *req, const char *url,
                        struct curl_slist *headers)
 {
     const relay_options_t *o = &f->r->opts;
     curl_easy_setopt(h, CURLOPT_URL, url);
-    curl_easy_setopt(h, CURLOPT_SHARE, f->r->forward->share);
-    /* Each pooled handle keeps its own few connections (one per upstream it spoke to). When the
-     * connection cache was shared, curl_easy_perform capped the shared cache at this handle's
-     * MAXCONNECTS (5): past 5 concurrent requests nearly every request paid a new TCP (and TLS)
-     * handshake (strace: one connect per request at c=32). */
-    curl_easy_setopt(h, CURLOPT_MAXCONNECTS, (long)HANDLE_CONNS);
     curl_easy_setopt(h, CURLOPT_HTTPHEADER, headers);
     curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L);
     curl_easy_setopt(h, CURLOPT_TCP_NODELAY, 1L);
@@ -570,7 +584,10 @@ static void write_relay_error(fwd_t *f, int code, const char *msg)
     f->res->error_code = code;
     snprintf(f->res->error_message, sizeof f->res->error_message, "%s", msg);
     snprintf(f->res->error_type, sizeof f->res->error_type, "%s", relay_err_type(code));
-    relay_forward_write_error(f->sink, f->head_sent, f->is_sse, code, msg, &f->res->client_gone);
+    int left = gone(f);
+    relay_forward_write_error(f->sink, f->head_sent, f->is_sse, code, msg, &left);
+    if (left)
+        client_left(f);
     if (!f->head_sent)
         f->res->status = relay_err_http_status(code);
     f->head_sent = 1;
@@ -674,7 +691,73 @@ static void result_error_from_usage(relay_forward_result_t *res, fwd_t *f)
     (void)f;
 }
 
-/* One attempt. Returns the curl code. */
+/* Worker: writes bytes a direct transfer could not flush before it ended (already framed). */
+static void write_leftover(fwd_t *f, const char *p, size_t len)
+{
+    int64_t deadline = relay_mono_ms() + f->r->opts.drain_timeout_ms;
+    while (len && !gone(f)) {
+        ssize_t n = send(f->direct_fd, p, len, MSG_NOSIGNAL | MSG_DONTWAIT);
+        if (n > 0) {
+            p += n;
+            len -= (size_t)n;
+            continue;
+        }
+        struct pollfd pfd = {.fd = f->direct_fd, .events = POLLOUT};
+        int64_t left = deadline - relay_mono_ms();
+        if ((n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) || left <= 0 ||
+            (poll(&pfd, 1, (int)left) < 0 && errno != EINTR))
+            client_left(f);
+    }
+}
+
+/* Worker: writes what the I/O thread hands over (the head, body bytes) until the attempt is
+ * done. Once the head is out and nothing is pending, a host socket is handed to the I/O thread,
+ * which writes the rest of the body itself: the worker then sleeps until the end. */
+static void pump(fwd_t *f)
+{
+    relay_xfer_t *x = &f->x;
+    pthread_mutex_lock(&x->mu);
+    for (;;) {
+        if (x->head_ready && !x->head_taken) {
+            x->head_taken = 1;
+            pthread_mutex_unlock(&x->mu);
+            deliver_head(f);
+            pthread_mutex_lock(&x->mu);
+        } else if (x->head_taken && !x->direct && x->pending.len) {
+            relay_buf_t t = x->pending;
+            x->pending = f->spare;
+            f->spare = t;
+            int resume = x->paused && !x->unpause_queued;
+            x->unpause_queued |= resume;
+            pthread_mutex_unlock(&x->mu);
+            if (!gone(f) && f->sink->body(f->sink->ud, f->spare.data, f->spare.len) != 0)
+                client_left(f);
+            relay_buf_reset(&f->spare);
+            if (resume)
+                relay_loop_request_unpause(f->r->forward->loop, x);
+            pthread_mutex_lock(&x->mu);
+        } else if (x->head_taken && !x->direct && !x->done && f->direct_fd >= 0 && !gone(f)) {
+            x->client_fd = f->direct_fd;
+            x->chunked = f->direct_chunked;
+            x->direct = 1;
+        } else if (x->done) {
+            break;
+        } else {
+            pthread_cond_wait(&x->cv, &x->mu);
+        }
+    }
+    int direct = x->direct;
+    x->direct = 0;
+    pthread_mutex_unlock(&x->mu);
+    if (x->pending.len && direct)
+        write_leftover(f, x->pending.data, x->pending.len);
+    else if (x->pending.len && !gone(f) &&
+             f->sink->body(f->sink->ud, x->pending.data, x->pending.len))
+        client_left(f);
+    relay_buf_reset(&x->pending);
+}
+
+/* One attempt on the I/O thread. Returns the curl code. */
 static CURLcode run_attempt(fwd_t *f, CURL *h, int attempt)
 {
     f->is_last_attempt = attempt >= f->r->opts.max_retries;
@@ -690,7 +773,12 @@ static CURLcode run_attempt(fwd_t *f, CURL *h, int attempt)
     relay_buf_reset(&f->err_body);
     relay_buf_reset(&f->hdr_store);
     f->res->attempts = attempt + 1;
-    return curl_easy_perform(h);
+    relay_xfer_reset(&f->x);
+    f->x.h = h;
+    if (relay_loop_submit(f->r->forward->loop, &f->x) != 0)
+        return CURLE_ABORTED_BY_CALLBACK;
+    pump(f);
+    return f->x.cc;
 }
 
 static void log_retry(fwd_t *f, int attempt, CURLcode cc, int wait)
@@ -776,6 +864,12 @@ int relay_forward(relay_t *r, const relay_http_request_t *req, const relay_sink_
     relay_buf_init(&f.hdr_store, 64 * 1024);
     relay_buf_init(&f.err_body, ERR_BODY_CAP);
     relay_buf_init(&f.json, JSON_BODY_CAP);
+    relay_xfer_init(&f.x);
+    relay_buf_init(&f.spare, f.x.pending.cap);
+    f.direct_fd = -1;
+    f.x.ud = &f;
+    f.x.check = check_deadlines;
+    f.x.on_client_gone = on_client_gone;
     int rc;
     if (!h || relay_sse_new(&f.sse, 0) != 0) {
         write_relay_error(&f, RELAY_ERR_NOMEM, "out of memory");
@@ -798,5 +892,7 @@ int relay_forward(relay_t *r, const relay_http_request_t *req, const relay_sink_
     relay_buf_free(&f.hdr_store);
     relay_buf_free(&f.err_body);
     relay_buf_free(&f.json);
+    relay_buf_free(&f.spare);
+    relay_xfer_free(&f.x);
     return rc;
 }

@@ -32,6 +32,15 @@ typedef struct relay_sink {
      */
     int (*whole)(void *ud, int status, const relay_http_header_t *headers, size_t n_headers,
                  const char *body, size_t len);
+    /*
+     * Optional (NULL: every body byte goes through body()). Called once after head() succeeded:
+     * a host that owns a plain (non-TLS), non-blocking socket to the client with nothing of its
+     * own buffered may return 0 with *fd set, and *chunked 1 for HTTP/1.1 chunked framing (0: raw
+     * bytes). librelay's I/O thread then writes the rest of the body to fd itself, framed as
+     * asked, without waking the calling thread for every event; it stops touching fd before
+     * relay_forward returns. Since 0.2.
+     */
+    int (*direct)(void *ud, int *fd, int *chunked);
 } relay_sink_t;
 
 /* What happened to one forwarded request. */
