@@ -454,6 +454,18 @@ static int sink_body(void *ud, const char *data, size_t len)
     return 0;
 }
 
+/* After the head: the socket, for librelay's I/O thread to write the body to (mg_write keeps
+ * nothing buffered, and CivetWeb's sockets are non-blocking). */
+static int sink_direct(void *ud, int *fd, int *chunked)
+{
+    server_sink_t *ctx = ud;
+    if (ctx->fd < 0 || ctx->head_only)
+        return -1;
+    *fd = ctx->fd;
+    *chunked = ctx->chunked;
+    return 0;
+}
+
 void server_sink_end(server_sink_t *ctx)
 {
     if (ctx->whole)
@@ -473,9 +485,11 @@ void server_sink_init(relay_sink_t *sink, server_sink_t *ctx, struct mg_connecti
     memset(ctx, 0, sizeof *ctx);
     server_out_init(&ctx->pending);
     ctx->conn = conn;
+    ctx->fd = server_conn_fd(conn);
     ctx->head_only = strcmp(method, "HEAD") == 0;
     sink->ud = ctx;
     sink->head = sink_head;
     sink->body = sink_body;
     sink->whole = sink_whole;
+    sink->direct = sink_direct;
 }

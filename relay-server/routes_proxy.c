@@ -37,6 +37,17 @@ int route_proxy(server_t *s, struct mg_connection *conn, server_request_t *req)
     relay_sink_t sink;
     server_sink_t ctx;
     server_sink_init(&sink, &ctx, conn, req->http.method);
+    /* A client that gave up while its request waited for a worker is answered by no one and
+     * forwarded to no one: nothing was done for it, so nothing is billed. */
+    if (ctx.fd >= 0 && server_conn_closed(ctx.fd)) {
+        mg_disable_keep_alive(conn);
+        server_log(RELAY_LOG_INFO, "proxy.client_gone_before_start", NULL,
+                   "%s %s: the client closed the connection before the request was handled; not "
+                   "forwarded",
+                   req->http.method, req->http.path);
+        server_sink_free(&ctx);
+        return 1;
+    }
     relay_proxy_result_t res;
     relay_proxy(s->relay, &req->http, &sink, &res);
     /* Close the chunked body, unless the client left, the answer to HEAD has none, or the

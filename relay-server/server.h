@@ -81,6 +81,7 @@ typedef struct server_sink {
     int head_only; /* a HEAD request: headers only, no body and no chunked framing */
     int chunked;   /* the body is chunked (HTTP/1.1); else it runs to the connection's end */
     int whole;     /* the answer is whole (content-length), waiting in pending */
+    int fd;        /* the client socket for librelay's direct writes, -1: none */
     server_out_t pending;
 } server_sink_t;
 void server_sink_init(relay_sink_t *sink, server_sink_t *ctx, struct mg_connection *conn,
@@ -90,6 +91,12 @@ void server_sink_init(relay_sink_t *sink, server_sink_t *ctx, struct mg_connecti
 void server_sink_end(server_sink_t *ctx);
 /* Frees what the sink holds (a whole answer never sent). Always call it. */
 void server_sink_free(server_sink_t *ctx);
+
+/* ---- sockets (sockets.c) ---- */
+/* The plain socket behind conn (-1: unknown, or TLS). Checked against the peer address. */
+int server_conn_fd(struct mg_connection *conn);
+/* Has the client closed its side (or the connection failed)? Never blocks. */
+int server_conn_closed(int fd);
 
 /* ---- CORS (cors.c), per request on the worker's thread ---- */
 /* Decides the request's CORS headers; answers a preflight itself (returns 1 then). */
