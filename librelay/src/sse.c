@@ -153,6 +153,219 @@ static int on_delta(relay_sse_t *p, const json_t *root)
     return keep_output(p, json_string_value(v), json_string_length(v));
 }
 
+/* ---- a reader for the commonest event, without jansson ---- */
+
+/*
+ * content_block_delta is nearly every event of a stream, and parsing each with jansson (a DOM,
+ * a hash table, mallocs) was 55% of the instructions a stream cost (callgrind, 64-delta stream).
+ * This reads exactly that shape, {"type":...,"index":N,"delta":{"type":"text_delta","text":"..."}}
+ * in any key order, into the output text. Anything it does not fully understand (other shapes,
+ * odd escapes, long values, trailing bytes) returns 0, and jansson decides as before.
+ */
+typedef struct jscan {
+    const char *p, *end;
+} jscan_t;
+
+static void js_ws(jscan_t *s)
+{
+    while (s->p < s->end && (*s->p == ' ' || *s->p == '\t' || *s->p == '\n' || *s->p == '\r'))
+        s->p++;
+}
+
+static int js_char(jscan_t *s, char c)
+{
+    js_ws(s);
+    if (s->p < s->end && *s->p == c) {
+        s->p++;
+        return 1;
+    }
+    return 0;
+}
+
+/* A string; [*b, *e) is its body, still escaped. */
+static int js_string(jscan_t *s, const char **b, const char **e)
+{
+    if (!js_char(s, '"'))
+        return 0;
+    *b = s->p;
+    while (s->p < s->end) {
+        unsigned char c = (unsigned char)*s->p;
+        if (c == '"') {
+            *e = s->p++;
+            return 1;
+        }
+        if (c < 0x20)
+            return 0;
+        s->p += c == '\\' ? 2 : 1;
+    }
+    return 0;
+}
+
+static int js_is(const char *b, const char *e, const char *lit)
+{
+    size_t n = strlen(lit);
+    return (size_t)(e - b) == n && !memcmp(b, lit, n);
+}
+
+/* A non-negative integer (the only other value the shape has). */
+static int js_uint(jscan_t *s)
+{
+    js_ws(s);
+    const char *b = s->p;
+    while (s->p < s->end && *s->p >= '0' && *s->p <= '9')
+        s->p++;
+    return s->p > b;
+}
+
+static size_t put_utf8(char *o, unsigned cp)
+{
+    if (cp < 0x80) {
+        o[0] = (char)cp;
+        return 1;
+    }
+    if (cp < 0x800) {
+        o[0] = (char)(0xC0 | cp >> 6);
+        o[1] = (char)(0x80 | (cp & 0x3F));
+        return 2;
+    }
+    if (cp < 0x10000) {
+        o[0] = (char)(0xE0 | cp >> 12);
+        o[1] = (char)(0x80 | ((cp >> 6) & 0x3F));
+        o[2] = (char)(0x80 | (cp & 0x3F));
+        return 3;
+    }
+    o[0] = (char)(0xF0 | cp >> 18);
+    o[1] = (char)(0x80 | ((cp >> 12) & 0x3F));
+    o[2] = (char)(0x80 | ((cp >> 6) & 0x3F));
+    o[3] = (char)(0x80 | (cp & 0x3F));
+    return 4;
+}
+
+static int hex4(const char *p, unsigned *v)
+{
+    *v = 0;
+    for (int i = 0; i < 4; i++) {
+        char c = p[i];
+        unsigned d = c >= '0' && c <= '9'   ? (unsigned)(c - '0')
+                     : c >= 'a' && c <= 'f' ? (unsigned)(c - 'a' + 10)
+                     : c >= 'A' && c <= 'F' ? (unsigned)(c - 'A' + 10)
+                                            : 16u;
+        if (d > 15)
+            return 0;
+        *v = *v << 4 | d;
+    }
+    return 1;
+}
+
+/* Unescapes [b, e) into out (cap bytes); the length, or -1 for anything unusual. */
+static long js_unescape(const char *b, const char *e, char *out, size_t cap)
+{
+    size_t o = 0;
+    while (b < e) {
+        if (o + 4 > cap)
+            return -1;
+        if (*b != '\\') {
+            out[o++] = *b++;
+            continue;
+        }
+        if (e - b < 2)
+            return -1;
+        char c = b[1];
+        const char *map = strchr("\"\\/bfnrt", c);
+        if (map && c) {
+            static const char to[] = "\"\\/\b\f\n\r\t";
+            out[o++] = to[map - "\"\\/bfnrt"];
+            b += 2;
+            continue;
+        }
+        unsigned cp, lo;
+        if (c != 'u' || e - b < 6 || !hex4(b + 2, &cp) || cp == 0) /* jansson refuses NUL */
+            return -1;
+        b += 6;
+        if (cp >= 0xD800 && cp < 0xDC00) { /* a surrogate pair, or jansson decides */
+            if (e - b < 6 || b[0] != '\\' || b[1] != 'u' || !hex4(b + 2, &lo) || lo < 0xDC00 ||
+                lo > 0xDFFF)
+                return -1;
+            cp = 0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00);
+            b += 6;
+        } else if (cp >= 0xDC00 && cp < 0xE000) {
+            return -1;
+        }
+        o += put_utf8(out + o, cp);
+    }
+    return (long)o;
+}
+
+/* The "delta" object: its type names the key of the text (text, thinking, partial_json). */
+static int js_delta(jscan_t *s, const char **tb, const char **te)
+{
+    const char *type_b = NULL, *type_e = NULL, *vb[3] = {0}, *ve[3] = {0};
+    static const char *const keys[3] = {"text", "thinking", "partial_json"};
+    static const char *const types[3] = {"text_delta", "thinking_delta", "input_json_delta"};
+    if (!js_char(s, '{'))
+        return 0;
+    do {
+        const char *kb, *ke, *b, *e;
+        if (!js_string(s, &kb, &ke) || !js_char(s, ':') || !js_string(s, &b, &e))
+            return 0;
+        if (js_is(kb, ke, "type")) {
+            type_b = b;
+            type_e = e;
+        }
+        for (int i = 0; i < 3; i++)
+            if (js_is(kb, ke, keys[i])) {
+                vb[i] = b;
+                ve[i] = e;
+            }
+    } while (js_char(s, ','));
+    if (!js_char(s, '}') || !type_b)
+        return 0;
+    for (int i = 0; i < 3; i++)
+        if (js_is(type_b, type_e, types[i]) && vb[i]) {
+            *tb = vb[i];
+            *te = ve[i];
+            return 1;
+        }
+    return 0;
+}
+
+/* 1 when data was a content_block_delta of the usual shape and its text was kept. */
+static int fast_delta(relay_sse_t *p, const char *data, size_t len)
+{
+    jscan_t s = {data, data + len};
+    const char *tb = NULL, *te = NULL;
+    int have_delta = 0;
+    if (!js_char(&s, '{'))
+        return 0;
+    do {
+        const char *kb, *ke, *b, *e;
+        if (!js_string(&s, &kb, &ke) || !js_char(&s, ':'))
+            return 0;
+        if (js_is(kb, ke, "delta")) {
+            if (have_delta || !js_delta(&s, &tb, &te))
+                return 0;
+            have_delta = 1;
+        } else if (js_is(kb, ke, "index")) {
+            if (!js_uint(&s))
+                return 0;
+        } else if (!js_is(kb, ke, "type") || !js_string(&s, &b, &e) ||
+                   !js_is(b, e, "content_block_delta")) {
+            return 0;
+        }
+    } while (js_char(&s, ','));
+    if (!js_char(&s, '}') || !have_delta)
+        return 0;
+    js_ws(&s);
+    if (s.p != s.end)
+        return 0;
+    char text[4096];
+    long n = js_unescape(tb, te, text, sizeof text);
+    if (n < 0)
+        return 0;
+    keep_output(p, text, (size_t)n);
+    return 1;
+}
+
 static int on_event(relay_sse_t *p, const char *type, const json_t *root)
 {
     relay_usage_t *u = &p->usage;
@@ -180,6 +393,10 @@ static int dispatch(relay_sse_t *p)
     if (p->has_fields) {
         p->usage.events++;
         json_t *root = NULL;
+        /* Pings carry nothing, deltas go the short way: no DOM for either. */
+        if (!strcmp(p->event, "ping") ||
+            (!strcmp(p->event, "content_block_delta") && fast_delta(p, p->data.data, p->data.len)))
+            goto done;
         if (p->data.len) {
             /* The data buffer ends with the '\n' each data line added; JSON does not need it. */
             root = json_loadb(p->data.data, p->data.len, 0, NULL);
@@ -194,6 +411,7 @@ static int dispatch(relay_sse_t *p)
             rc = on_event(p, type, root);
         json_decref(root);
     }
+done:
     relay_buf_reset(&p->data);
     p->event[0] = '\0';
     p->event_bytes = 0;

@@ -448,17 +448,93 @@ static void test_json_malformed(void **state)
     assert_int_equal(relay_usage_parse_json(&u, "{}xyz", 2), 0);
 }
 
+/* Output text of one content_block_delta event whose data is json, named or not by event:. */
+static void delta_text(const char *json, int named, char *out, size_t cap)
+{
+    relay_sse_t *p = new_parser(0);
+    char ev[2048];
+    snprintf(ev, sizeof ev, "%sdata: %s\n\n", named ? "event: content_block_delta\n" : "", json);
+    assert_int_equal(relay_sse_feed(p, ev, strlen(ev)), 0);
+    size_t len = 0;
+    const char *t = relay_sse_output_text(p, &len, NULL);
+    assert_true(len < cap);
+    memcpy(out, t, len);
+    out[len] = '\0';
+    relay_sse_free(p);
+}
+
+/*
+ * Named deltas take a short path without jansson; events without event: always go through
+ * jansson. The two must agree on every shape: escapes, surrogates, key orders, thinking and
+ * tool-input deltas, and the malformed ones jansson refuses (no text at all).
+ */
+static void test_fast_delta_agrees_with_jansson(void **state)
+{
+    (void)state;
+    static const char *const cases[] = {
+        "{\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":"
+        "\"Hi\"}}",
+        "{\"delta\":{\"text\":\"a\\nb\\\"c\\\\d\\/"
+        "e\\tf\",\"type\":\"text_delta\"},\"index\":3,\"type\":\"content_block_delta\"}",
+        "{\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":"
+        "\"\\u00e9\\u4e2d\\ud83d\\ude00\"}}",
+        "{\"type\":\"content_block_delta\",\"index\":1,\"delta\":{\"type\":\"thinking_delta\","
+        "\"thinking\":\"hmm\"}}",
+        "{\"type\":\"content_block_delta\",\"index\":2,\"delta\":{\"type\":\"input_json_delta\","
+        "\"partial_json\":\"{\\\"a\\\":1\"}}",
+        "{\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"signature_delta\","
+        "\"signature\":\"x\"}}",
+        " { \"type\" : \"content_block_delta\" , \"index\" : 0 , \"delta\" : { \"type\" : "
+        "\"text_delta\" , \"text\" : \"sp\" } } ",
+        "{\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":"
+        "\"x\"}} trailing",
+        "{\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":"
+        "\"\\ud83d\"}}",
+        "{\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":"
+        "\"\\q\"}}",
+        "{\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":"
+        "\"u\\u0000v\"}}",
+        "{\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":"
+        "\"x\",\"extra\":[1,{\"a\":null}]}}",
+        "{\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":"
+        "\"unterminated}}",
+        "{\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":"
+        "\"dup\"},\"delta\":{}}",
+        "[1,2]",
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        char fast[1024], slow[1024];
+        delta_text(cases[i], 1, fast, sizeof fast);
+        delta_text(cases[i], 0, slow, sizeof slow);
+        if (strcmp(fast, slow))
+            fail_msg("case %zu: fast \"%s\" != jansson \"%s\"", i, fast, slow);
+    }
+    char t[64];
+    delta_text(cases[2], 1, t, sizeof t);
+    assert_string_equal(t, "\xc3\xa9\xe4\xb8\xad\xf0\x9f\x98\x80");
+    delta_text(cases[1], 1, t, sizeof t);
+    assert_string_equal(t, "a\nb\"c\\d/e\tf");
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_whole_stream),     cmocka_unit_test(test_every_split_lf),
-        cmocka_unit_test(test_every_split_crlf), cmocka_unit_test(test_every_split_cr),
-        cmocka_unit_test(test_error_after_200),  cmocka_unit_test(test_cut_stream),
-        cmocka_unit_test(test_delta_replaces),   cmocka_unit_test(test_format_variants),
-        cmocka_unit_test(test_oversized_event),  cmocka_unit_test(test_endless_line),
-        cmocka_unit_test(test_garbage),          cmocka_unit_test(test_output_cap),
-        cmocka_unit_test(test_json_body),        cmocka_unit_test(test_json_error_body),
+        cmocka_unit_test(test_whole_stream),
+        cmocka_unit_test(test_every_split_lf),
+        cmocka_unit_test(test_every_split_crlf),
+        cmocka_unit_test(test_every_split_cr),
+        cmocka_unit_test(test_error_after_200),
+        cmocka_unit_test(test_cut_stream),
+        cmocka_unit_test(test_delta_replaces),
+        cmocka_unit_test(test_format_variants),
+        cmocka_unit_test(test_oversized_event),
+        cmocka_unit_test(test_endless_line),
+        cmocka_unit_test(test_garbage),
+        cmocka_unit_test(test_output_cap),
+        cmocka_unit_test(test_json_body),
+        cmocka_unit_test(test_json_error_body),
         cmocka_unit_test(test_json_malformed),
+        cmocka_unit_test(test_fast_delta_agrees_with_jansson),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
