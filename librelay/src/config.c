@@ -1296,7 +1296,7 @@ static const field_t APP[] = {
 
 static const field_t SERVER[] = {
     CUSTOM("listen", f_listen),
-    INT("worker_threads", worker_threads, 1, 4096),
+    INT("worker_threads", worker_threads, 1, 16384),
     {.key = "max_body_size", .fn = f_bytes, .off = OFF(relay.max_body_bytes), .min = 1024,
      .max = 1024LL * 1024 * 1024},
     LIST("trusted_proxies", trusted_proxies, check_ip_or_cidr),
@@ -1712,7 +1712,7 @@ static int set_defaults(relay_config_t *c)
 {
     relay_options_init(&c->relay);
     relay_strlcpy(c->listen, "127.0.0.1:8000", sizeof c->listen);
-    c->worker_threads = 64;
+    c->worker_threads = RELAY_DEFAULT_WORKER_THREADS;
     c->shutdown_grace_s = 30;
     relay_strlcpy(c->log_level, "info", sizeof c->log_level);
     relay_strlcpy(c->log_format, "json", sizeof c->log_format);

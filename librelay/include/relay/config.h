@@ -11,6 +11,14 @@
 extern "C" {
 #endif
 
+/*
+ * CivetWeb gives every connection a worker for as long as it is open, idle keep-alive ones
+ * included, and a stream's worker sleeps until the stream ends (librelay's I/O thread writes
+ * its events). 2,500 serves 1,000 streams beside 1,500 idle keep-alive connections; an idle
+ * worker costs ~20 KiB of RSS (docs/benchmarks.md).
+ */
+#define RELAY_DEFAULT_WORKER_THREADS 2500
+
 /* A list of strings owned by the config. */
 typedef struct relay_config_strlist {
     char **items;
@@ -34,7 +42,7 @@ typedef struct relay_config {
 
     /* server.* (and app.host / app.port of the original relay) */
     char listen[128];                       /* "127.0.0.1:8000"; "[::1]:8000" form for IPv6 */
-    int worker_threads;                     /* 64 */
+    int worker_threads;                     /* RELAY_DEFAULT_WORKER_THREADS */
     int shutdown_grace_s;                   /* 30 */
     int forward_event_logging;              /* 0: POST /api/event_logging/... answers 200 locally */
     relay_config_strlist_t trusted_proxies; /* IPs / CIDRs whose X-Forwarded-For is believed */
