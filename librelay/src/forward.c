@@ -10,6 +10,7 @@
 #include <strings.h>
 #include <sys/socket.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "buf.h"
 #include "forward_internal.h"
@@ -35,8 +36,12 @@ typedef struct pooled {
     int64_t idle_since_ms;
 } pooled_t;
 
+#define MAX_IO_THREADS 8
+
 struct relay_forward_state {
-    relay_loop_t *loop;
+    relay_loop_t *loops[MAX_IO_THREADS];
+    int n_loops;
+    unsigned next_loop; /* atomic: round robin */
     pthread_mutex_t pool_mu;
     pooled_t *pool; /* a stack: the top was used last */
     size_t n_pool, cap_pool;
@@ -70,8 +75,13 @@ int relay_forward_start(relay_t *r, relay_error_t *err)
         return relay_error_set(err, RELAY_ERR_NOMEM, "out of memory");
     pthread_mutex_init(&f->pool_mu, NULL);
     r->forward = f;
-    if (relay_loop_start(&f->loop, UPSTREAM_IDLE_CONNS) != 0)
-        return relay_error_set(err, RELAY_ERR_INTERNAL, "cannot start the upstream I/O thread");
+    /* One I/O thread per core: a single one saturated a core at ~1,000 streams. */
+    long cores = sysconf(_SC_NPROCESSORS_ONLN);
+    f->n_loops = cores < 1 ? 1 : cores > MAX_IO_THREADS ? MAX_IO_THREADS : (int)cores;
+    for (int i = 0; i < f->n_loops; i++)
+        if (relay_loop_start(&f->loops[i], UPSTREAM_IDLE_CONNS / f->n_loops) != 0)
+            return relay_error_set(err, RELAY_ERR_INTERNAL,
+                                   "cannot start the upstream I/O threads");
     if (r->opts.tokenizer_file && *r->opts.tokenizer_file) {
         int rc = relay_tokenizer_new(&r->tokenizer, r->opts.tokenizer_file, err);
         if (rc)
@@ -85,7 +95,8 @@ void relay_forward_stop(relay_t *r)
     struct relay_forward_state *f = r->forward;
     if (!f)
         return;
-    relay_loop_stop(f->loop);
+    for (int i = 0; i < f->n_loops; i++)
+        relay_loop_stop(f->loops[i]);
     for (size_t i = 0; i < f->n_pool; i++)
         curl_easy_cleanup(f->pool[i].h);
     free(f->pool);
@@ -295,6 +306,7 @@ typedef struct fwd {
     relay_xfer_t x;                /* the attempt, shared with the I/O thread */
     relay_buf_t spare;             /* the worker's side of the pending body (swapped, not copied) */
     int direct_fd, direct_chunked; /* the host's socket for direct writes (-1: none) */
+    relay_loop_t *loop;            /* the I/O thread running the current attempt */
 } fwd_t;
 
 enum { ABORT_NONE, ABORT_FIRST_BYTE, ABORT_IDLE, ABORT_TOTAL, ABORT_DRAIN };
@@ -734,7 +746,7 @@ static void pump(fwd_t *f)
                 client_left(f);
             relay_buf_reset(&f->spare);
             if (resume)
-                relay_loop_request_unpause(f->r->forward->loop, x);
+                relay_loop_request_unpause(f->loop, x);
             pthread_mutex_lock(&x->mu);
         } else if (x->head_taken && !x->direct && !x->done && f->direct_fd >= 0 && !gone(f)) {
             x->client_fd = f->direct_fd;
@@ -775,7 +787,10 @@ static CURLcode run_attempt(fwd_t *f, CURL *h, int attempt)
     f->res->attempts = attempt + 1;
     relay_xfer_reset(&f->x);
     f->x.h = h;
-    if (relay_loop_submit(f->r->forward->loop, &f->x) != 0)
+    struct relay_forward_state *st = f->r->forward;
+    unsigned i = __atomic_fetch_add(&st->next_loop, 1, __ATOMIC_RELAXED) % (unsigned)st->n_loops;
+    f->loop = st->loops[i];
+    if (relay_loop_submit(f->loop, &f->x) != 0)
         return CURLE_ABORTED_BY_CALLBACK;
     pump(f);
     return f->x.cc;
