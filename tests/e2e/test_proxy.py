@@ -266,8 +266,12 @@ class TestEdges(ProxyBase):
             r = self.relay.request("POST", "/v1/messages", body, self.hdrs())
             self.assertEqual(r.status, 200)
         self.relay.request("GET", "/v1/models", headers=self.hdrs())
+        # Seven requests one after another: each of the relay's I/O threads (one per core, the
+        # requests go round robin) opens one connection and reuses it.
         peers = {rec["peer"] for rec in self.fake.requests()}
-        self.assertEqual(len(peers), 1, "each request opened a new upstream connection: %s" % peers)
+        self.assertLessEqual(len(peers), min(os.cpu_count() or 1, 8),
+                             "each request opened a new upstream connection: %s" % peers)
+        self.assertLess(len(peers), 7)
 
     def relay_with_config(self, yaml_text):
         cfg = os.path.join(self.relay.workdir, "extra-%d.yaml" % time.monotonic_ns())
