@@ -8,9 +8,15 @@ BUILD_PKGS=(build-essential cmake pkg-config libcurl4-openssl-dev libpq-dev libh
 TEST_PKGS=(clang-format libcmocka-dev postgresql redis-server python3 curl prometheus
   chromium chromium-driver python3-selenium)
 
+# --bench: what bench/bench_relay.py needs too (nginx is its baseline).
+BENCH_PKGS=(nginx)
+
 want=("${BUILD_PKGS[@]}")
-if [[ "${1:-}" == "--test" ]]; then
+if [[ "${1:-}" == "--test" || "${1:-}" == "--bench" ]]; then
   want+=("${TEST_PKGS[@]}")
+fi
+if [[ "${1:-}" == "--bench" ]]; then
+  want+=("${BENCH_PKGS[@]}")
 fi
 
 missing=()
