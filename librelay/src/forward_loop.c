@@ -24,6 +24,9 @@
 
 #define SWEEP_MS    250                /* deadline checks of idle transfers */
 #define PENDING_CAP (4u * 1024 * 1024) /* body bytes held for a slow client before pausing */
+/* The hard bound: a held JSON answer that outgrew its 16 MiB hold is handed over in one piece,
+ * on top of what a paused transfer may already hold. */
+#define PENDING_HARD_CAP (PENDING_CAP + (16u << 20) + 65536)
 
 enum { EV_WAKE = 1, EV_CURL, EV_CLIENT };
 
@@ -55,7 +58,7 @@ void relay_xfer_init(relay_xfer_t *x)
     memset(x, 0, sizeof *x);
     pthread_mutex_init(&x->mu, NULL);
     pthread_cond_init(&x->cv, NULL);
-    relay_buf_init(&x->pending, PENDING_CAP + 65536);
+    relay_buf_init(&x->pending, PENDING_HARD_CAP);
     x->client_fd = -1;
 }
 

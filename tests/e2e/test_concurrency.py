@@ -184,6 +184,16 @@ class DirectWriteTest(Base):
         rows = self.wait_usage_rows(self.obj["id"], 1, timeout=15)
         self.assertEqual(rows[0]["estimated"], 0)
 
+    def test_json_answer_too_big_to_hold_passes_through_whole(self):
+        # Past the 16 MiB a JSON answer is held for, it is passed through as it comes: the
+        # first 16 MiB in one piece, the rest behind it, nothing lost or reordered.
+        text = "".join("%07d " % i for i in range(2200000))  # 17.6 MB
+        self.fake.set_scenario(text=text)
+        r = self.relay.request("POST", "/v1/messages", messages_body(), hdrs(self.key),
+                               timeout=120)
+        self.assertEqual(r.status, 200)
+        self.assertEqual(r.json()["content"][0]["text"], text)
+
     def test_http10_client_gets_a_close_delimited_stream(self):
         body = json.dumps(messages_body(stream=True)).encode()
         c = RawConnection(self.relay.url, timeout=30)
