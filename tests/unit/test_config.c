@@ -127,7 +127,7 @@ static void test_defaults_without_files(void **state)
     assert_string_equal(c->env_source, "");
     assert_int_equal(c->warnings.n, 0);
     assert_string_equal(c->listen, "127.0.0.1:8000");
-    assert_int_equal(c->worker_threads, 64);
+    assert_int_equal(c->worker_threads, 2500);
     assert_int_equal(c->shutdown_grace_s, 30);
     assert_int_equal(c->forward_event_logging, 0);
     assert_int_equal(c->trusted_proxies.n, 0);
@@ -657,9 +657,9 @@ static void test_errors_are_positioned(void **state)
         {"server:\n  listen: example.com:80\n", "2: server.listen: expected host:port with an IP "
                                                 "address (e.g. 127.0.0.1:8000 or [::1]:8000)"},
         {"server:\n  worker_threads: many\n",
-         "2: server.worker_threads: expected an integer from 1 to 4096"},
+         "2: server.worker_threads: expected an integer from 1 to 16384"},
         {"server:\n  worker_threads:\n",
-         "2: server.worker_threads: expected an integer from 1 to 4096"},
+         "2: server.worker_threads: expected an integer from 1 to 16384"},
         {"server:\n  max_body_size: huge\n", "2: server.max_body_size: expected a size in bytes "
                                              "from 1024 to 1073741824 (e.g. 33554432 or 32MB)"},
         {"server:\n  trusted_proxies:\n    - 10.0.0.0/8\n    - 10.0.0.0/33\n",
