@@ -33,6 +33,7 @@ typedef struct cache_entry {
     relay_key_record_t rec;
     int64_t fresh_until_ms;    /* monotonic; after it the record is re-read */
     struct cache_entry *next;  /* bucket chain */
+    struct cache_entry *pnext; /* chain of the by-key_prefix index */
     struct cache_entry *older; /* FIFO order, for eviction when full */
     struct cache_entry *newer;
 } cache_entry_t;
@@ -64,7 +65,8 @@ typedef struct slot_waiter {
 struct relay_keys_state {
     pthread_mutex_t mu; /* the cache, the flights and the bcrypt slots */
     cache_entry_t **buckets;
-    size_t nbuckets; /* power of two */
+    cache_entry_t **pbuckets; /* the same entries by rec.key_prefix (the public id) */
+    size_t nbuckets;          /* power of two, for both */
     cache_entry_t *oldest, *newest;
     size_t count, max;
     /* Bumped by every eviction: a verify that read the store before it must not cache its copy. */
@@ -74,6 +76,7 @@ struct relay_keys_state {
     slot_waiter_t *slot_head, *slot_tail;
     size_t waiting; /* for a flight's result or a bcrypt slot */
     atomic_uint_fast64_t bcrypt_calls, hits, refreshes, lookups, rejected, shared, timeouts;
+    atomic_uint_fast64_t refuted;
     atomic_uint_fast64_t bcrypt_running, bcrypt_max_parallel;
 };
 
@@ -94,12 +97,39 @@ static cache_entry_t *cache_find(struct relay_keys_state *st, const uint8_t d[32
     return NULL;
 }
 
+static size_t pbucket_of(const struct relay_keys_state *st, const char *key_prefix)
+{
+    uint64_t h = 1469598103934665603ULL; /* FNV-1a: the prefix is not secret */
+    for (const char *p = key_prefix; *p; p++)
+        h = (h ^ (unsigned char)*p) * 1099511628211ULL;
+    return (size_t)h & (st->nbuckets - 1);
+}
+
+/*
+ * Does an entry other than d's prove another secret for this public id against this same hash?
+ * Then the key presented with digest d cannot be right (two secrets matching one bcrypt hash
+ * would be a collision) and needs no bcrypt to be refused. Lock held.
+ */
+static int cache_refutes(struct relay_keys_state *st, const uint8_t d[32], const char *key_prefix,
+                         const char *key_hash)
+{
+    for (cache_entry_t *e = st->pbuckets[pbucket_of(st, key_prefix)]; e; e = e->pnext)
+        if (strcmp(e->rec.key_prefix, key_prefix) == 0 && !relay_ct_equal(e->digest, d, 32) &&
+            relay_ct_streq(e->rec.key_hash, key_hash))
+            return 1;
+    return 0;
+}
+
 static void cache_remove(struct relay_keys_state *st, cache_entry_t *e)
 {
     cache_entry_t **pp = &st->buckets[bucket_of(st, e->digest)];
     while (*pp != e)
         pp = &(*pp)->next;
     *pp = e->next;
+    pp = &st->pbuckets[pbucket_of(st, e->rec.key_prefix)];
+    while (*pp != e)
+        pp = &(*pp)->pnext;
+    *pp = e->pnext;
     if (e->older)
         e->older->newer = e->newer;
     else
@@ -136,6 +166,9 @@ static void cache_put(struct relay_keys_state *st, const uint8_t d[32],
     size_t b = bucket_of(st, d);
     e->next = st->buckets[b];
     st->buckets[b] = e;
+    b = pbucket_of(st, e->rec.key_prefix);
+    e->pnext = st->pbuckets[b];
+    st->pbuckets[b] = e;
     e->older = st->newest;
     if (st->newest)
         st->newest->newer = e;
@@ -176,6 +209,7 @@ void relay_keys_stats(relay_t *r, relay_keys_stats_t *out)
     out->rejected = atomic_load(&st->rejected);
     out->verify_shared = atomic_load(&st->shared);
     out->verify_timeouts = atomic_load(&st->timeouts);
+    out->refuted_by_cache = atomic_load(&st->refuted);
     out->bcrypt_running = atomic_load(&st->bcrypt_running);
     out->bcrypt_max_parallel = atomic_load(&st->bcrypt_max_parallel);
     pthread_mutex_lock(&st->mu);
@@ -207,7 +241,10 @@ int relay_keys_start(relay_t *r, relay_error_t *err)
     while (st->nbuckets < st->max && st->nbuckets < ((size_t)1 << 20))
         st->nbuckets <<= 1;
     st->buckets = calloc(st->nbuckets, sizeof *st->buckets);
-    if (!st->buckets) {
+    st->pbuckets = calloc(st->nbuckets, sizeof *st->pbuckets);
+    if (!st->buckets || !st->pbuckets) {
+        free(st->buckets);
+        free(st->pbuckets);
         free(st);
         return relay_error_set(err, RELAY_ERR_NOMEM, "out of memory");
     }
@@ -230,6 +267,7 @@ void relay_keys_stop(relay_t *r)
         cache_remove(st, st->oldest);
     pthread_mutex_destroy(&st->mu);
     free(st->buckets);
+    free(st->pbuckets);
     free(st);
     r->keys = NULL;
 }
@@ -921,12 +959,21 @@ static void flight_unlink(struct relay_keys_state *st, flight_t *f)
     *pp = f->next;
 }
 
+/* A wrong secret for a key whose right one the cache holds: refused without a bcrypt. */
+static int refuted(struct relay_keys_state *st, const uint8_t d[32], const relay_key_record_t *rec)
+{
+    pthread_mutex_lock(&st->mu);
+    int yes = cache_refutes(st, d, rec->key_prefix, rec->key_hash);
+    pthread_mutex_unlock(&st->mu);
+    return yes;
+}
+
 /*
  * The leader's work, outside the lock: the store lookup, then bcrypt unless a stale entry already
  * proved this exact key against the same hash. 0 with rec filled when the secret is proven.
  */
-static int lead(relay_t *r, const char *prefix, const char *secret, const char *stale_hash,
-                relay_key_record_t *rec, const char **how)
+static int lead(relay_t *r, const uint8_t d[32], const char *prefix, const char *secret,
+                const char *stale_hash, relay_key_record_t *rec, const char **how)
 {
     struct relay_keys_state *st = r->keys;
     atomic_fetch_add(&st->lookups, 1);
@@ -942,7 +989,10 @@ static int lead(relay_t *r, const char *prefix, const char *secret, const char *
         *how = "cached";
         return 0;
     }
-    if (rc == 0) {
+    if (rc == 0 && refuted(st, d, rec)) {
+        atomic_fetch_add(&st->refuted, 1);
+        rc = RELAY_ERR_AUTH;
+    } else if (rc == 0) {
         int ok = bcrypt_bounded(r, secret, rec->key_hash);
         rc = ok == 1 ? 0 : ok == 0 ? RELAY_ERR_AUTH : ok;
     }
@@ -1009,7 +1059,7 @@ static int verify_digest(relay_t *r, const uint8_t d[32], const char *prefix, co
     if (!f)
         return RELAY_ERR_NOMEM;
     *how = "bcrypt";
-    int rc = lead(r, prefix, secret, stale_hash, rec, how);
+    int rc = lead(r, d, prefix, secret, stale_hash, rec, how);
     flight_finish(r, f, gen, rc, rec, *how);
     return rc;
 }

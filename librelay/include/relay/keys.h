@@ -150,6 +150,8 @@ typedef struct relay_keys_stats {
     size_t cache_entries;         /* now */
     uint64_t verify_shared;       /* answered by a concurrent verification of the same key */
     uint64_t verify_timeouts;     /* gave up after key_verify_wait_ms (answered RELAY_ERR_AUTH) */
+    uint64_t refuted_by_cache;    /* wrong secrets refused without bcrypt: the cache holds another
+                                     secret proven against the key's current hash */
     uint64_t bcrypt_max_parallel; /* most verification bcrypts ever running at the same instant */
     uint64_t bcrypt_running;      /* now: verification bcrypts running */
     size_t verify_waiting; /* now: waiting for a bcrypt slot or for a concurrent verification */
