@@ -26,7 +26,9 @@ extern "C" {
  * one bcrypt: the first runs them, the others wait for its result (single flight). At most
  * relay_options_t.bcrypt_concurrency bcrypts (0: one per online CPU) run at once in a relay_t;
  * further verifications needing one queue in arrival order. Either wait lasts at most
- * key_verify_wait_ms, then the verification is refused like a wrong key.
+ * key_verify_wait_ms, then the verification is refused like a wrong key. A wrong secret for a
+ * public id whose right secret the cache holds (against the same stored hash) is refused without
+ * a bcrypt.
  * Changes made through this API evict the key from this relay_t's cache at once; other processes
  * sharing the database see them when the entry's TTL ends and the record is re-read (which costs
  * no bcrypt while the stored hash is unchanged).
