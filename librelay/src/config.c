@@ -1357,6 +1357,8 @@ static const field_t API_KEYS[] = {
     INT("bcrypt_cost", relay.bcrypt_cost, 4, 31),
     INT("cache_ttl_ms", relay.key_cache_ttl_ms, 0, INT_MAX),
     SIZE("cache_max", relay.key_cache_max, 1, 100000000),
+    INT("bcrypt_concurrency", relay.bcrypt_concurrency, 0, 1024),
+    INT("verify_wait_ms", relay.key_verify_wait_ms, 1, 600000),
     {.key = "default_tier", .fn = f_default_tier, .off = OFF(relay.default_tier),
      .check = check_tier_name},
     END,

@@ -1,16 +1,20 @@
-/* keys: proxy API keys — generation, bcrypt hashing, CRUD over the store and the verified-key
- * cache. */
+/* keys: proxy API keys — generation, bcrypt hashing, CRUD over the store, the verified-key cache,
+ * and single-flight verification with a bound on concurrent bcrypts. */
 #include "relay/keys.h"
 
 #include <arpa/inet.h>
+#include <errno.h>
 #include <jansson.h>
 #include <math.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
+#include <unistd.h>
 
 #include "internal.h"
+#include "metrics_internal.h"
 #include "relay/auth.h"
 #include "relay/tiers.h"
 #include "util.h"
@@ -29,19 +33,51 @@ typedef struct cache_entry {
     relay_key_record_t rec;
     int64_t fresh_until_ms;    /* monotonic; after it the record is re-read */
     struct cache_entry *next;  /* bucket chain */
+    struct cache_entry *pnext; /* chain of the by-key_prefix index */
     struct cache_entry *older; /* FIFO order, for eviction when full */
     struct cache_entry *newer;
 } cache_entry_t;
 
+/*
+ * One verification in progress (store lookup, then bcrypt if needed) of one presented key, found
+ * by the same SHA-256 the cache uses: concurrent verifications of that exact key wait for it
+ * instead of running their own bcrypt. A different secret for the same public id has another
+ * digest, hence its own flight: it can never receive this one's success.
+ */
+typedef struct flight {
+    uint8_t digest[32];
+    pthread_cond_t done_cv;
+    int refs; /* the leader and every waiter still holding it; the last one frees it */
+    int done;
+    int rc;                 /* the leader's result: 0 (secret proven), RELAY_ERR_AUTH, _STORE... */
+    const char *how;        /* "bcrypt" or "cached" (re-read after the TTL, no bcrypt) */
+    relay_key_record_t rec; /* when done with rc 0 and someone waits */
+    struct flight *next;
+} flight_t;
+
+/* A verification queued for a bcrypt slot (on its thread's stack); served in arrival order. */
+typedef struct slot_waiter {
+    pthread_cond_t cv;
+    int granted;
+    struct slot_waiter *next;
+} slot_waiter_t;
+
 struct relay_keys_state {
-    pthread_mutex_t mu;
+    pthread_mutex_t mu; /* the cache, the flights and the bcrypt slots */
     cache_entry_t **buckets;
-    size_t nbuckets; /* power of two */
+    cache_entry_t **pbuckets; /* the same entries by rec.key_prefix (the public id) */
+    size_t nbuckets;          /* power of two, for both */
     cache_entry_t *oldest, *newest;
     size_t count, max;
     /* Bumped by every eviction: a verify that read the store before it must not cache its copy. */
     uint64_t generation;
-    atomic_uint_fast64_t bcrypt_calls, hits, refreshes, lookups, rejected;
+    flight_t *flights;
+    int slots_max, slots_busy;
+    slot_waiter_t *slot_head, *slot_tail;
+    size_t waiting; /* for a flight's result or a bcrypt slot */
+    atomic_uint_fast64_t bcrypt_calls, hits, refreshes, lookups, rejected, shared, timeouts;
+    atomic_uint_fast64_t refuted;
+    atomic_uint_fast64_t bcrypt_running, bcrypt_max_parallel;
 };
 
 /* ---- cache (all under st->mu) ---- */
@@ -61,12 +97,39 @@ static cache_entry_t *cache_find(struct relay_keys_state *st, const uint8_t d[32
     return NULL;
 }
 
+static size_t pbucket_of(const struct relay_keys_state *st, const char *key_prefix)
+{
+    uint64_t h = 1469598103934665603ULL; /* FNV-1a: the prefix is not secret */
+    for (const char *p = key_prefix; *p; p++)
+        h = (h ^ (unsigned char)*p) * 1099511628211ULL;
+    return (size_t)h & (st->nbuckets - 1);
+}
+
+/*
+ * Does an entry other than d's prove another secret for this public id against this same hash?
+ * Then the key presented with digest d cannot be right (two secrets matching one bcrypt hash
+ * would be a collision) and needs no bcrypt to be refused. Lock held.
+ */
+static int cache_refutes(struct relay_keys_state *st, const uint8_t d[32], const char *key_prefix,
+                         const char *key_hash)
+{
+    for (cache_entry_t *e = st->pbuckets[pbucket_of(st, key_prefix)]; e; e = e->pnext)
+        if (strcmp(e->rec.key_prefix, key_prefix) == 0 && !relay_ct_equal(e->digest, d, 32) &&
+            relay_ct_streq(e->rec.key_hash, key_hash))
+            return 1;
+    return 0;
+}
+
 static void cache_remove(struct relay_keys_state *st, cache_entry_t *e)
 {
     cache_entry_t **pp = &st->buckets[bucket_of(st, e->digest)];
     while (*pp != e)
         pp = &(*pp)->next;
     *pp = e->next;
+    pp = &st->pbuckets[pbucket_of(st, e->rec.key_prefix)];
+    while (*pp != e)
+        pp = &(*pp)->pnext;
+    *pp = e->pnext;
     if (e->older)
         e->older->newer = e->newer;
     else
@@ -103,6 +166,9 @@ static void cache_put(struct relay_keys_state *st, const uint8_t d[32],
     size_t b = bucket_of(st, d);
     e->next = st->buckets[b];
     st->buckets[b] = e;
+    b = pbucket_of(st, e->rec.key_prefix);
+    e->pnext = st->pbuckets[b];
+    st->pbuckets[b] = e;
     e->older = st->newest;
     if (st->newest)
         st->newest->newer = e;
@@ -110,16 +176,6 @@ static void cache_put(struct relay_keys_state *st, const uint8_t d[32],
         st->oldest = e;
     st->newest = e;
     st->count++;
-}
-
-static void cache_evict_digest(struct relay_keys_state *st, const uint8_t d[32])
-{
-    pthread_mutex_lock(&st->mu);
-    cache_entry_t *e = cache_find(st, d);
-    if (e)
-        cache_remove(st, e);
-    st->generation++;
-    pthread_mutex_unlock(&st->mu);
 }
 
 void relay_keys_cache_evict(relay_t *r, const char *id)
@@ -151,8 +207,15 @@ void relay_keys_stats(relay_t *r, relay_keys_stats_t *out)
     out->cache_refresh = atomic_load(&st->refreshes);
     out->store_lookups = atomic_load(&st->lookups);
     out->rejected = atomic_load(&st->rejected);
+    out->verify_shared = atomic_load(&st->shared);
+    out->verify_timeouts = atomic_load(&st->timeouts);
+    out->refuted_by_cache = atomic_load(&st->refuted);
+    out->bcrypt_running = atomic_load(&st->bcrypt_running);
+    out->bcrypt_max_parallel = atomic_load(&st->bcrypt_max_parallel);
     pthread_mutex_lock(&st->mu);
     out->cache_entries = st->count;
+    out->verify_waiting = st->waiting;
+    out->bcrypt_slots = st->slots_max;
     pthread_mutex_unlock(&st->mu);
 }
 
@@ -166,6 +229,10 @@ int relay_keys_start(relay_t *r, relay_error_t *err)
                                "api_keys.prefix: expected 1 to %d characters", KEY_PREFIX_OPT_MAX);
     if (r->opts.bcrypt_cost < 4 || r->opts.bcrypt_cost > 31)
         return relay_error_set(err, RELAY_ERR_CONFIG, "bcrypt_cost: expected 4 to 31");
+    if (r->opts.bcrypt_concurrency < 0 || r->opts.bcrypt_concurrency > 1024)
+        return relay_error_set(err, RELAY_ERR_CONFIG, "bcrypt_concurrency: expected 0 to 1024");
+    if (r->opts.key_verify_wait_ms <= 0)
+        return relay_error_set(err, RELAY_ERR_CONFIG, "key_verify_wait_ms: expected > 0");
     struct relay_keys_state *st = calloc(1, sizeof *st);
     if (!st)
         return relay_error_set(err, RELAY_ERR_NOMEM, "out of memory");
@@ -174,9 +241,17 @@ int relay_keys_start(relay_t *r, relay_error_t *err)
     while (st->nbuckets < st->max && st->nbuckets < ((size_t)1 << 20))
         st->nbuckets <<= 1;
     st->buckets = calloc(st->nbuckets, sizeof *st->buckets);
-    if (!st->buckets) {
+    st->pbuckets = calloc(st->nbuckets, sizeof *st->pbuckets);
+    if (!st->buckets || !st->pbuckets) {
+        free(st->buckets);
+        free(st->pbuckets);
         free(st);
         return relay_error_set(err, RELAY_ERR_NOMEM, "out of memory");
+    }
+    st->slots_max = r->opts.bcrypt_concurrency;
+    if (st->slots_max == 0) {
+        long n = sysconf(_SC_NPROCESSORS_ONLN);
+        st->slots_max = n > 0 ? (n < 1024 ? (int)n : 1024) : 1;
     }
     pthread_mutex_init(&st->mu, NULL);
     r->keys = st;
@@ -192,6 +267,7 @@ void relay_keys_stop(relay_t *r)
         cache_remove(st, st->oldest);
     pthread_mutex_destroy(&st->mu);
     free(st->buckets);
+    free(st->pbuckets);
     free(st);
     r->keys = NULL;
 }
@@ -715,69 +791,324 @@ static int check_state(relay_key_record_t *rec, relay_key_record_t *rec_out, rel
 }
 
 /* Looks in the cache: 1 with rec filled for a fresh hit; else 0 and the stale entry's hash, if any.
- */
+ * Lock held. */
 static int cache_lookup(struct relay_keys_state *st, const uint8_t d[32], relay_key_record_t *rec,
-                        char stale_hash[128], uint64_t *gen)
+                        char stale_hash[128])
 {
-    int hit = 0;
-    pthread_mutex_lock(&st->mu);
     cache_entry_t *e = cache_find(st, d);
     if (e && e->fresh_until_ms > relay_mono_ms())
-        hit = relay_key_record_copy(rec, &e->rec) == 0;
-    else if (e)
+        return relay_key_record_copy(rec, &e->rec) == 0;
+    if (e)
         relay_strlcpy(stale_hash, e->rec.key_hash, 128);
-    *gen = st->generation;
+    return 0;
+}
+
+/* ---- bcrypt slots: at most slots_max bcrypts at once, the rest queue in arrival order ---- */
+
+/* Counts bcrypts really running, apart from the slot bookkeeping, so tests check the bound. */
+static void bcrypt_enter(struct relay_keys_state *st)
+{
+    uint_fast64_t now = atomic_fetch_add(&st->bcrypt_running, 1) + 1;
+    uint_fast64_t max = atomic_load(&st->bcrypt_max_parallel);
+    while (now > max && !atomic_compare_exchange_weak(&st->bcrypt_max_parallel, &max, now))
+        ;
+}
+
+static void slot_unlink(struct relay_keys_state *st, slot_waiter_t *w)
+{
+    slot_waiter_t **pp = &st->slot_head, *prev = NULL;
+    while (*pp && *pp != w) {
+        prev = *pp;
+        pp = &(*pp)->next;
+    }
+    if (!*pp)
+        return;
+    *pp = w->next;
+    if (st->slot_tail == w)
+        st->slot_tail = prev;
+}
+
+/* Waits (at most wait_ms) for a bcrypt slot. 0 with the slot held, or RELAY_ERR_OVERLOADED. */
+static int slot_acquire(struct relay_keys_state *st, int wait_ms)
+{
+    pthread_mutex_lock(&st->mu);
+    if (st->slots_busy < st->slots_max && !st->slot_head) {
+        st->slots_busy++;
+        pthread_mutex_unlock(&st->mu);
+        return 0;
+    }
+    /* w lives on this stack only while queued: it leaves the queue before we return, taken
+     * off by slot_release when granted or by slot_unlink on a time-out. */
+    slot_waiter_t w = {.granted = 0};
+    pthread_cond_init(&w.cv, NULL);
+    if (st->slot_tail)
+        st->slot_tail->next = &w;
+    else
+        st->slot_head = &w; /* cppcheck-suppress autoVariables */
+    st->slot_tail = &w;     /* cppcheck-suppress autoVariables */
+    st->waiting++;
+    struct timespec until;
+    relay_deadline_in(&until, wait_ms);
+    while (!w.granted)
+        if (pthread_cond_timedwait(&w.cv, &st->mu, &until) == ETIMEDOUT && !w.granted) {
+            slot_unlink(st, &w);
+            break;
+        }
+    st->waiting--;
     pthread_mutex_unlock(&st->mu);
-    return hit;
+    pthread_cond_destroy(&w.cv);
+    return w.granted ? 0 : RELAY_ERR_OVERLOADED;
+}
+
+/* Hands the slot to the longest waiter, or frees it. */
+static void slot_release(struct relay_keys_state *st)
+{
+    pthread_mutex_lock(&st->mu);
+    slot_waiter_t *w = st->slot_head;
+    if (w) {
+        st->slot_head = w->next;
+        if (!st->slot_head)
+            st->slot_tail = NULL;
+        w->granted = 1;
+        pthread_cond_signal(&w->cv);
+    } else {
+        st->slots_busy--;
+    }
+    pthread_mutex_unlock(&st->mu);
+}
+
+/* One bcrypt of secret against hash inside a slot: 1 match, 0 no match, <0 no slot in time. */
+static int bcrypt_bounded(relay_t *r, const char *secret, const char *hash)
+{
+    struct relay_keys_state *st = r->keys;
+    if (slot_acquire(st, r->opts.key_verify_wait_ms) != 0)
+        return RELAY_ERR_OVERLOADED;
+    atomic_fetch_add(&st->bcrypt_calls, 1);
+    bcrypt_enter(st);
+    int ok = relay_auth_check_password(secret, hash);
+    atomic_fetch_sub(&st->bcrypt_running, 1);
+    slot_release(st);
+    return ok;
+}
+
+/* ---- single flight ---- */
+
+static flight_t *flight_find(struct relay_keys_state *st, const uint8_t d[32])
+{
+    for (flight_t *f = st->flights; f; f = f->next)
+        if (relay_ct_equal(f->digest, d, 32))
+            return f;
+    return NULL;
+}
+
+/* Drops one reference; the last frees the flight. Lock held. */
+static void flight_put(flight_t *f)
+{
+    if (--f->refs > 0)
+        return;
+    relay_key_record_clear(&f->rec);
+    pthread_cond_destroy(&f->done_cv);
+    free(f);
+}
+
+/*
+ * Waits (at most key_verify_wait_ms) for the leader of f, then takes its result. Lock held.
+ * RELAY_ERR_OVERLOADED on a time-out (relay_keys_verify answers it like a wrong key).
+ */
+static int flight_wait(relay_t *r, flight_t *f, relay_key_record_t *rec, const char **how)
+{
+    struct relay_keys_state *st = r->keys;
+    struct timespec until;
+    relay_deadline_in(&until, r->opts.key_verify_wait_ms);
+    f->refs++;
+    st->waiting++;
+    while (!f->done)
+        if (pthread_cond_timedwait(&f->done_cv, &st->mu, &until) == ETIMEDOUT)
+            break;
+    st->waiting--;
+    int done = f->done;
+    int rc = done ? f->rc : RELAY_ERR_OVERLOADED;
+    if (rc == 0 && relay_key_record_copy(rec, &f->rec) != 0)
+        rc = RELAY_ERR_NOMEM;
+    *how = f->how; /* a string constant: outlives f */
+    flight_put(f);
+    if (done)
+        atomic_fetch_add(&st->shared, 1);
+    return rc;
+}
+
+static flight_t *flight_begin(struct relay_keys_state *st, const uint8_t d[32])
+{
+    flight_t *f = calloc(1, sizeof *f);
+    if (!f)
+        return NULL;
+    memcpy(f->digest, d, 32);
+    pthread_cond_init(&f->done_cv, NULL);
+    f->refs = 1;
+    f->how = "bcrypt";
+    f->next = st->flights;
+    st->flights = f;
+    return f;
+}
+
+static void flight_unlink(struct relay_keys_state *st, flight_t *f)
+{
+    flight_t **pp = &st->flights;
+    while (*pp != f)
+        pp = &(*pp)->next;
+    *pp = f->next;
+}
+
+/* A wrong secret for a key whose right one the cache holds: refused without a bcrypt. */
+static int refuted(struct relay_keys_state *st, const uint8_t d[32], const relay_key_record_t *rec)
+{
+    pthread_mutex_lock(&st->mu);
+    int yes = cache_refutes(st, d, rec->key_prefix, rec->key_hash);
+    pthread_mutex_unlock(&st->mu);
+    return yes;
+}
+
+/*
+ * The leader's work, outside the lock: the store lookup, then bcrypt unless a stale entry already
+ * proved this exact key against the same hash. 0 with rec filled when the secret is proven.
+ */
+static int lead(relay_t *r, const uint8_t d[32], const char *prefix, const char *secret,
+                const char *stale_hash, relay_key_record_t *rec, const char **how)
+{
+    struct relay_keys_state *st = r->keys;
+    atomic_fetch_add(&st->lookups, 1);
+    int rc = relay_store_key_get_by_prefix(r->store, prefix, rec);
+    if (rc == RELAY_ERR_NOT_FOUND || (rc == 0 && rec->is_deleted))
+        rc = RELAY_ERR_AUTH;
+    else if (rc) {
+        relay_key_record_clear(rec);
+        return RELAY_ERR_STORE;
+    }
+    if (rc == 0 && stale_hash[0] && relay_ct_streq(stale_hash, rec->key_hash)) {
+        atomic_fetch_add(&st->refreshes, 1);
+        *how = "cached";
+        return 0;
+    }
+    if (rc == 0 && refuted(st, d, rec)) {
+        atomic_fetch_add(&st->refuted, 1);
+        rc = RELAY_ERR_AUTH;
+    } else if (rc == 0) {
+        int ok = bcrypt_bounded(r, secret, rec->key_hash);
+        rc = ok == 1 ? 0 : ok == 0 ? RELAY_ERR_AUTH : ok;
+    }
+    if (rc)
+        relay_key_record_clear(rec);
+    return rc;
+}
+
+/*
+ * Publishes the leader's result: cached (unless a change raced it) or, for a refused key, its
+ * stale entry dropped; then handed to the waiters.
+ */
+static void flight_finish(relay_t *r, flight_t *f, uint64_t gen, int rc,
+                          const relay_key_record_t *rec, const char *how)
+{
+    struct relay_keys_state *st = r->keys;
+    pthread_mutex_lock(&st->mu);
+    cache_entry_t *e = rc == RELAY_ERR_AUTH ? cache_find(st, f->digest) : NULL;
+    if (e) {
+        /* Only a dropped entry moves the generation: a refused key without one (every unknown
+         * key) changes nothing a concurrent verification could be caching. */
+        cache_remove(st, e);
+        st->generation++;
+    }
+    if (rc == 0 && st->generation == gen)
+        cache_put(st, f->digest, rec,
+                  relay_mono_ms() + (r->opts.key_cache_ttl_ms > 0 ? r->opts.key_cache_ttl_ms : 0));
+    if (rc == 0 && f->refs > 1 && relay_key_record_copy(&f->rec, rec) != 0)
+        rc = RELAY_ERR_NOMEM;
+    f->rc = rc;
+    f->how = how;
+    f->done = 1;
+    flight_unlink(st, f);
+    pthread_cond_broadcast(&f->done_cv);
+    flight_put(f);
+    pthread_mutex_unlock(&st->mu);
+}
+
+/*
+ * A verification past the syntax check: the cache, else another thread's flight for the same
+ * digest, else our own. 0 with rec filled when the secret is proven; *how says what it cost.
+ */
+static int verify_digest(relay_t *r, const uint8_t d[32], const char *prefix, const char *secret,
+                         relay_key_record_t *rec, const char **how)
+{
+    struct relay_keys_state *st = r->keys;
+    char stale_hash[128] = "";
+    pthread_mutex_lock(&st->mu);
+    if (cache_lookup(st, d, rec, stale_hash)) {
+        pthread_mutex_unlock(&st->mu);
+        atomic_fetch_add(&st->hits, 1);
+        *how = "cached";
+        return 0;
+    }
+    flight_t *f = flight_find(st, d);
+    if (f) {
+        int rc = flight_wait(r, f, rec, how);
+        pthread_mutex_unlock(&st->mu);
+        return rc;
+    }
+    uint64_t gen = st->generation;
+    f = flight_begin(st, d);
+    pthread_mutex_unlock(&st->mu);
+    if (!f)
+        return RELAY_ERR_NOMEM;
+    *how = "bcrypt";
+    int rc = lead(r, d, prefix, secret, stale_hash, rec, how);
+    flight_finish(r, f, gen, rc, rec, *how);
+    return rc;
+}
+
+static double elapsed_s(const struct timespec *t0)
+{
+    struct timespec t1;
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    return (double)(t1.tv_sec - t0->tv_sec) + (double)(t1.tv_nsec - t0->tv_nsec) / 1e9;
+}
+
+/* The error a verification ends with; a wait that ran out reads like a wrong key. */
+static int verify_error(struct relay_keys_state *st, int rc, relay_error_t *err)
+{
+    if (rc == RELAY_ERR_OVERLOADED)
+        atomic_fetch_add(&st->timeouts, 1);
+    if (rc == RELAY_ERR_AUTH || rc == RELAY_ERR_OVERLOADED)
+        return reject(st, err);
+    if (rc == RELAY_ERR_NOMEM)
+        return relay_error_set(err, rc, "out of memory");
+    return relay_error_set(err, RELAY_ERR_STORE, "cannot verify the API key: database unavailable");
 }
 
 int relay_keys_verify(relay_t *r, const char *presented_key, relay_key_record_t *rec_out,
                       relay_error_t *err)
 {
     struct relay_keys_state *st = r->keys;
+    struct timespec t0;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
     char prefix[64];
-    const char *secret;
+    const char *secret, *how = "failed";
     if (rec_out)
         memset(rec_out, 0, sizeof *rec_out);
-    if (parse_key(r, presented_key, prefix, &secret) != 0)
-        return reject(st, err);
-    uint8_t d[32];
-    relay_sha256(presented_key, strlen(presented_key), d);
+    int rc = RELAY_ERR_AUTH;
     relay_key_record_t rec = {0};
-    char stale_hash[128] = "";
-    uint64_t gen;
-    if (cache_lookup(st, d, &rec, stale_hash, &gen)) {
-        atomic_fetch_add(&st->hits, 1);
-        return check_state(&rec, rec_out, err);
+    if (parse_key(r, presented_key, prefix, &secret) == 0) {
+        uint8_t d[32];
+        relay_sha256(presented_key, strlen(presented_key), d);
+        rc = verify_digest(r, d, prefix, secret, &rec, &how);
     }
-    atomic_fetch_add(&st->lookups, 1);
-    int rc = relay_store_key_get_by_prefix(r->store, prefix, &rec);
-    if (rc == RELAY_ERR_NOT_FOUND || (rc == 0 && rec.is_deleted)) {
-        relay_key_record_clear(&rec);
-        cache_evict_digest(st, d);
-        return reject(st, err);
-    }
-    if (rc)
-        return relay_error_set(err, RELAY_ERR_STORE,
-                               "cannot verify the API key: database unavailable");
-    /* The stale entry proved this exact key against stale_hash: an unchanged hash needs no bcrypt.
-     */
-    if (stale_hash[0] && relay_ct_streq(stale_hash, rec.key_hash)) {
-        atomic_fetch_add(&st->refreshes, 1);
+    if (rc) {
+        rc = verify_error(st, rc, err);
+        how = "failed";
     } else {
-        atomic_fetch_add(&st->bcrypt_calls, 1);
-        if (!relay_auth_check_password(secret, rec.key_hash)) {
-            relay_key_record_clear(&rec);
-            cache_evict_digest(st, d);
-            return reject(st, err);
-        }
+        rc = check_state(&rec, rec_out, err);
+        how = rc ? "failed" : how;
     }
-    pthread_mutex_lock(&st->mu);
-    if (st->generation == gen)
-        cache_put(st, d, &rec,
-                  relay_mono_ms() + (r->opts.key_cache_ttl_ms > 0 ? r->opts.key_cache_ttl_ms : 0));
-    pthread_mutex_unlock(&st->mu);
-    return check_state(&rec, rec_out, err);
+    relay_metrics_observe_key_verify(r, how, elapsed_s(&t0));
+    return rc;
 }
 
 /* ---- JSON ---- */

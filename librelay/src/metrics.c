@@ -54,6 +54,7 @@ typedef struct relay_families {
     relay_metric_t *requests, *duration, *ttfb, *tokens, *quota_ratio, *active_streams;
     relay_metric_t *auth_failures, *rate_limited, *permission, *retries, *queue_depth, *drops;
     relay_metric_t *written, *unknown_model, *cache_hits, *bcrypt, *redis_up, *build_info;
+    relay_metric_t *key_verify, *key_waiting, *key_timeouts;
 } relay_families_t;
 
 struct relay_metrics {
@@ -473,6 +474,9 @@ static const double DURATION_BUCKETS[] = {0.05, 0.1, 0.25, 0.5, 1,   2.5, 5,
                                           10,   20,  30,   60,  120, 300, 600};
 static const double TTFB_BUCKETS[] = {0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1,
                                       2,    5,     10,   30,  60,   120, 300};
+/* From a cache hit (about a microsecond) to a verification that queued for seconds. */
+static const double VERIFY_BUCKETS[] = {0.00001, 0.0001, 0.001, 0.005, 0.01, 0.025, 0.05,
+                                        0.1,     0.25,   0.5,   1,     2.5,  5,     10};
 
 typedef struct fam_def {
     size_t off; /* offset of the pointer in relay_families_t */
@@ -524,6 +528,15 @@ static const fam_def_t FAMILIES[] = {
         RELAY_METRIC_COUNTER, NULL, 0, -1, 0, NULL, 0),
     FAM(bcrypt, "relay_key_bcrypt_total", "Key verifications that ran bcrypt.",
         RELAY_METRIC_COUNTER, NULL, 0, -1, 0, NULL, 0),
+    FAM(key_verify, "relay_key_verify_seconds",
+        "Duration of key verifications by result (cached, bcrypt, failed).", RELAY_METRIC_HISTOGRAM,
+        L("result"), 1, -1, 0, VERIFY_BUCKETS, sizeof VERIFY_BUCKETS / sizeof VERIFY_BUCKETS[0]),
+    FAM(key_waiting, "relay_key_verify_waiting",
+        "Key verifications waiting for a bcrypt slot or for a concurrent verification.",
+        RELAY_METRIC_GAUGE, NULL, 0, -1, 0, NULL, 0),
+    FAM(key_timeouts, "relay_key_verify_timeouts_total",
+        "Key verifications refused after waiting verify_wait_ms.", RELAY_METRIC_COUNTER, NULL, 0,
+        -1, 0, NULL, 0),
     FAM(redis_up, "relay_redis_up", "1 when the shared Redis limiter is reachable.",
         RELAY_METRIC_GAUGE, NULL, 0, -1, 0, NULL, 0),
     FAM(build_info, "relay_build_info", "The relay's version (value 1).", RELAY_METRIC_GAUGE,
@@ -701,6 +714,14 @@ static void refresh(relay_t *r)
     relay_keys_stats(r, &ks);
     relay_metrics_set(fam->cache_hits, NULL, (double)ks.cache_hits);
     relay_metrics_set(fam->bcrypt, NULL, (double)ks.bcrypt_calls);
+    relay_metrics_set(fam->key_waiting, NULL, (double)ks.verify_waiting);
+    relay_metrics_set(fam->key_timeouts, NULL, (double)ks.verify_timeouts);
+}
+
+void relay_metrics_observe_key_verify(relay_t *r, const char *result, double seconds)
+{
+    if (r && r->metrics)
+        relay_metrics_observe(r->metrics->fam.key_verify, L(result), seconds);
 }
 
 int relay_metrics_scrape(relay_t *r, char **out, size_t *len)

@@ -23,4 +23,11 @@ void relay_metrics_observe_request(relay_t *r, const relay_http_request_t *req,
                                    const relay_key_record_t *key, const relay_proxy_result_t *res,
                                    int forwarded, int stream, const char *model);
 
+/*
+ * One relay_keys_verify call took seconds; result is "cached" (no bcrypt: a cache entry, or a
+ * stale one re-read), "bcrypt" (this call's own or a shared one) or "failed" (any refusal).
+ * Feeds relay_key_verify_seconds{result}; no-op before the metrics module starts.
+ */
+void relay_metrics_observe_key_verify(relay_t *r, const char *result, double seconds);
+
 #endif

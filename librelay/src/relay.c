@@ -126,6 +126,8 @@ void relay_options_init(relay_options_t *o)
     o->bcrypt_cost = 10;
     o->key_cache_ttl_ms = 5000;
     o->key_cache_max = 10000;
+    o->bcrypt_concurrency = 0;
+    o->key_verify_wait_ms = 10000;
     o->default_tier = "basic";
     o->admin_username = "admin";
     o->jwt_lifetime_s = 1800;

@@ -9,6 +9,7 @@
 #include <jansson.h>
 #include <libpq-fe.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -16,6 +17,7 @@
 
 #include "internal.h"
 #include "relay/keys.h"
+#include "relay/metrics.h"
 #include "relay/store.h"
 #include "relay/tiers.h"
 #include "testdb.h"
@@ -195,6 +197,26 @@ static void test_wrong_secret_refused(void **state)
     /* A wrong secret is never cached into success. */
     assert_int_equal(verify(r, wrong, &err), RELAY_ERR_AUTH);
     assert_int_equal(verify(r, key, &err), 0);
+    /* The cache holds the right secret for this public id and hash: wrong ones cost no bcrypt,
+     * also once the entry is stale (it still proves which secret matches the hash). */
+    relay_keys_stats_t s;
+    relay_keys_stats(r, &s);
+    assert_int_equal(s.bcrypt_calls, 1);
+    assert_int_equal(s.refuted_by_cache, 2);
+    relay_keys_cache_evict(r, rec.id);
+    assert_int_equal(verify(r, wrong, &err), RELAY_ERR_AUTH);
+    assert_int_equal(bcrypts(r), 1);
+    assert_int_equal(verify(r, key, &err), 0);
+    assert_int_equal(bcrypts(r), 1);
+    /* Without such an entry (another process) only bcrypt can tell: one per attempt. */
+    relay_t *b = new_relay();
+    assert_int_equal(verify(b, wrong, &err), RELAY_ERR_AUTH);
+    assert_int_equal(verify(b, wrong, &err), RELAY_ERR_AUTH);
+    assert_int_equal(bcrypts(b), 2);
+    assert_int_equal(verify(b, key, &err), 0);
+    assert_int_equal(verify(b, wrong, &err), RELAY_ERR_AUTH);
+    assert_int_equal(bcrypts(b), 3);
+    relay_free(b);
     relay_key_record_clear(&rec);
     relay_free(r);
 }
@@ -696,6 +718,273 @@ static void test_concurrent_verify(void **state)
     relay_free(r);
 }
 
+/* ---- bursts: single flight and the bcrypt bound ---- */
+
+/* A relay whose bcrypts take tens of milliseconds, so a burst's threads all arrive during one. */
+static relay_t *new_slow_relay(int cost, int concurrency, int wait_ms)
+{
+    relay_options_t o;
+    testdb_options(&o);
+    o.bcrypt_cost = cost;
+    o.bcrypt_concurrency = concurrency;
+    o.key_verify_wait_ms = wait_ms;
+    o.admin_password = "test-admin-password";
+    return testrelay_new(&o);
+}
+
+typedef struct burst_arg {
+    relay_t *r;
+    const char *key;
+    pthread_barrier_t *go;
+    int rc;
+    char id[40];
+    char msg[RELAY_ERRMSG_MAX];
+} burst_arg_t;
+
+static void *burst_one(void *p)
+{
+    burst_arg_t *a = p;
+    relay_error_t err = {0};
+    relay_key_record_t rec;
+    pthread_barrier_wait(a->go);
+    a->rc = relay_keys_verify(a->r, a->key, &rec, &err);
+    relay_strlcpy(a->id, a->rc == 0 ? rec.id : "", sizeof a->id);
+    relay_strlcpy(a->msg, err.message, sizeof a->msg);
+    relay_key_record_clear(&rec);
+    return NULL;
+}
+
+/* n threads, released together, each verifying keys[i]; results in a[]. */
+static void run_burst(relay_t *r, const char *const *keys, burst_arg_t *a, size_t n)
+{
+    pthread_t *t = calloc(n, sizeof *t);
+    pthread_barrier_t go;
+    assert_non_null(t);
+    pthread_barrier_init(&go, NULL, (unsigned)n);
+    for (size_t i = 0; i < n; i++) {
+        a[i] = (burst_arg_t){.r = r, .key = keys[i], .go = &go};
+        assert_int_equal(pthread_create(&t[i], NULL, burst_one, &a[i]), 0);
+    }
+    for (size_t i = 0; i < n; i++)
+        pthread_join(t[i], NULL);
+    pthread_barrier_destroy(&go);
+    free(t);
+}
+
+/* The sample value of one line of r's /metrics text ("name{labels}"), or -1 if absent. */
+static double scraped(relay_t *r, const char *series)
+{
+    char *text;
+    size_t len;
+    assert_int_equal(relay_metrics_scrape(r, &text, &len), 0);
+    double v = -1;
+    size_t sl = strlen(series);
+    for (const char *p = text; p && *p; p = strchr(p, '\n'), p = p ? p + 1 : NULL)
+        if (strncmp(p, series, sl) == 0 && p[sl] == ' ')
+            v = strtod(p + sl + 1, NULL);
+    free(text);
+    return v;
+}
+
+static void test_burst_one_new_key_one_bcrypt(void **state)
+{
+    (void)state;
+    enum { N = 32 };
+    relay_t *r = new_slow_relay(10, 0, 30000); /* cost 10: ~50 ms, the default */
+    char key[RELAY_KEY_MAX];
+    relay_key_record_t rec;
+    create_key(r, "burst", key, &rec);
+    const char *keys[N];
+    for (int i = 0; i < N; i++)
+        keys[i] = key;
+    burst_arg_t a[N];
+    run_burst(r, keys, a, N);
+    for (int i = 0; i < N; i++) {
+        if (a[i].rc != 0)
+            fail_msg("thread %d: %d %s", i, a[i].rc, a[i].msg);
+        assert_string_equal(a[i].id, rec.id);
+    }
+    relay_keys_stats_t s;
+    relay_keys_stats(r, &s);
+    assert_int_equal(s.bcrypt_calls, 1);
+    assert_int_equal(s.store_lookups, 1);
+    /* The others waited for the one bcrypt (or came after it and hit the cache). */
+    assert_int_equal(s.verify_shared + s.cache_hits, N - 1);
+    assert_true(s.verify_shared >= 1);
+    assert_int_equal(s.verify_waiting, 0);
+    assert_int_equal(s.bcrypt_running, 0);
+    assert_int_equal(s.bcrypt_max_parallel, 1);
+    /* The histogram tells them apart: one bcrypt (plus who shared it), the rest cached. */
+    assert_true(scraped(r, "relay_key_verify_seconds_count{result=\"bcrypt\"}") ==
+                (double)(1 + s.verify_shared));
+    assert_true(scraped(r, "relay_key_verify_seconds_count{result=\"cached\"}") ==
+                (s.cache_hits ? (double)s.cache_hits : -1));
+    assert_true(scraped(r, "relay_key_verify_waiting") == 0);
+    assert_true(scraped(r, "relay_key_bcrypt_total") == 1);
+    relay_key_record_clear(&rec);
+    relay_free(r);
+}
+
+static void test_burst_wrong_secret_gets_no_shared_success(void **state)
+{
+    (void)state;
+    enum { N = 16 };
+    relay_t *r = new_slow_relay(12, 0, 30000); /* ~200 ms: every thread arrives during it */
+    char key[RELAY_KEY_MAX], wrong[RELAY_KEY_MAX];
+    relay_key_record_t rec;
+    create_key(r, "identity", key, &rec);
+    /* Same public id, another secret: the lookup finds the key, only bcrypt can refuse it. */
+    relay_strlcpy(wrong, key, sizeof wrong);
+    wrong[30] = wrong[30] == 'A' ? 'B' : 'A';
+    const char *keys[N];
+    for (int i = 0; i < N; i++)
+        keys[i] = i % 2 ? wrong : key;
+    burst_arg_t a[N];
+    run_burst(r, keys, a, N);
+    for (int i = 0; i < N; i++) {
+        assert_int_equal(a[i].rc, i % 2 ? RELAY_ERR_AUTH : 0);
+        if (i % 2)
+            assert_string_equal(a[i].msg, "invalid API key");
+    }
+    /* One bcrypt per distinct presented key, however many threads presented it (the wrong one
+     * costs none if it came only after the right one was cached). */
+    assert_true(bcrypts(r) >= 1 && bcrypts(r) <= 2);
+    relay_error_t err = {0};
+    assert_int_equal(verify(r, wrong, &err), RELAY_ERR_AUTH);
+    assert_int_equal(verify(r, key, &err), 0);
+    relay_key_record_clear(&rec);
+    relay_free(r);
+}
+
+static void test_burst_distinct_keys_bounded(void **state)
+{
+    (void)state;
+    enum { N = 200 };
+    relay_t *r = new_slow_relay(4, 0, 60000); /* the default bound: one per online CPU */
+    static char keys[N][RELAY_KEY_MAX];
+    const char *kp[N];
+    relay_key_record_t rec;
+    for (int i = 0; i < N; i++) {
+        create_key(r, "distinct", keys[i], &rec);
+        relay_key_record_clear(&rec);
+        kp[i] = keys[i];
+    }
+    static burst_arg_t a[N];
+    run_burst(r, kp, a, N);
+    for (int i = 0; i < N; i++)
+        if (a[i].rc != 0)
+            fail_msg("thread %d: %d %s", i, a[i].rc, a[i].msg);
+    relay_keys_stats_t s;
+    relay_keys_stats(r, &s);
+    long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+    assert_int_equal(s.bcrypt_slots, cpus > 0 ? cpus : 1);
+    assert_int_equal(s.bcrypt_calls, N);
+    assert_true(s.bcrypt_max_parallel >= 1);
+    if (s.bcrypt_max_parallel > (uint64_t)s.bcrypt_slots)
+        fail_msg("%llu bcrypts at once, bound %d", (unsigned long long)s.bcrypt_max_parallel,
+                 s.bcrypt_slots);
+    assert_int_equal(s.verify_waiting, 0);
+    relay_free(r);
+
+    /* An explicit bound above the cores is honoured as well, and reached under this load. */
+    r = new_slow_relay(4, 3, 60000);
+    for (int i = 0; i < N; i++) {
+        create_key(r, "distinct3", keys[i], &rec);
+        relay_key_record_clear(&rec);
+    }
+    run_burst(r, kp, a, N);
+    for (int i = 0; i < N; i++)
+        assert_int_equal(a[i].rc, 0);
+    relay_keys_stats(r, &s);
+    assert_int_equal(s.bcrypt_slots, 3);
+    assert_int_equal(s.bcrypt_calls, N);
+    assert_true(s.bcrypt_max_parallel >= 2 && s.bcrypt_max_parallel <= 3);
+    relay_free(r);
+}
+
+static void test_burst_wait_is_bounded(void **state)
+{
+    (void)state;
+    enum { N = 4 };
+    /* One slot, cost 12 (~200 ms), 20 ms of patience: whoever queues behind the first gives up. */
+    relay_t *r = new_slow_relay(12, 1, 20);
+    char keys[N][RELAY_KEY_MAX];
+    const char *kp[N];
+    relay_key_record_t rec;
+    for (int i = 0; i < N; i++) {
+        create_key(r, "patience", keys[i], &rec);
+        relay_key_record_clear(&rec);
+        kp[i] = keys[i];
+    }
+    burst_arg_t a[N];
+    run_burst(r, kp, a, N);
+    int ok = 0, refused = 0;
+    for (int i = 0; i < N; i++) {
+        ok += a[i].rc == 0;
+        if (a[i].rc == RELAY_ERR_AUTH) {
+            refused++;
+            assert_string_equal(a[i].msg, "invalid API key"); /* as for a wrong key */
+        }
+    }
+    assert_true(ok >= 1);
+    assert_int_equal(ok + refused, N);
+    relay_keys_stats_t s;
+    relay_keys_stats(r, &s);
+    assert_int_equal(s.verify_timeouts, (uint64_t)refused);
+    assert_true(refused >= 1);
+    assert_int_equal(s.bcrypt_calls, (uint64_t)ok);
+    assert_int_equal(s.bcrypt_max_parallel, 1);
+    /* A time-out is not remembered as a wrong key: alone, each verifies. */
+    relay_error_t err = {0};
+    for (int i = 0; i < N; i++)
+        assert_int_equal(verify(r, keys[i], &err), 0);
+    relay_free(r);
+}
+
+typedef struct flood_arg {
+    relay_t *r;
+    atomic_int stop;
+} flood_arg_t;
+
+static void *flood_unknown(void *p)
+{
+    flood_arg_t *f = p;
+    while (!atomic_load(&f->stop)) {
+        char fake[RELAY_KEY_MAX], sec[64], pub[32];
+        uint8_t rnd[32];
+        relay_random_bytes(rnd, sizeof rnd);
+        relay_base64url(rnd, 32, sec);
+        relay_hex(rnd, 6, pub);
+        snprintf(fake, sizeof fake, "sk-proxy-%s_%s", pub, sec);
+        relay_error_t err;
+        relay_keys_verify(f->r, fake, NULL, &err);
+    }
+    return NULL;
+}
+
+static void test_unknown_keys_do_not_keep_a_key_out_of_the_cache(void **state)
+{
+    (void)state;
+    relay_t *r = new_slow_relay(10, 0, 30000);
+    char key[RELAY_KEY_MAX];
+    relay_key_record_t rec;
+    create_key(r, "steady", key, &rec);
+    /* Random keys arrive all the time while the first verification runs its bcrypt ... */
+    flood_arg_t f = {.r = r};
+    atomic_init(&f.stop, 0);
+    pthread_t t;
+    assert_int_equal(pthread_create(&t, NULL, flood_unknown, &f), 0);
+    relay_error_t err = {0};
+    assert_int_equal(verify(r, key, &err), 0);
+    atomic_store(&f.stop, 1);
+    pthread_join(t, NULL);
+    /* ... and still the key was cached: the next verification runs no bcrypt. */
+    assert_int_equal(verify(r, key, &err), 0);
+    assert_int_equal(bcrypts(r), 1);
+    relay_key_record_clear(&rec);
+    relay_free(r);
+}
+
 static void test_tiers(void **state)
 {
     (void)state;
@@ -774,6 +1063,11 @@ int main(int argc, char **argv)
         T(test_to_json_shape),
         T(test_cache_is_bounded),
         T(test_concurrent_verify),
+        T(test_burst_one_new_key_one_bcrypt),
+        T(test_burst_wrong_secret_gets_no_shared_success),
+        T(test_burst_distinct_keys_bounded),
+        T(test_burst_wait_is_bounded),
+        T(test_unknown_keys_do_not_keep_a_key_out_of_the_cache),
         T(test_tiers),
     };
     return cmocka_run_group_tests_name(testdb_backend(), tests, NULL, NULL);

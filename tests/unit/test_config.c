@@ -481,6 +481,8 @@ static void test_server_and_extras(void **state)
                  "api_keys:\n"
                  "  bcrypt_cost: 12\n"
                  "  cache_ttl_ms: 0\n"
+                 "  bcrypt_concurrency: 3\n"
+                 "  verify_wait_ms: 2500\n"
                  "database:\n"
                  "  auto_migrate: false\n"
                  "redis:\n"
@@ -513,6 +515,8 @@ static void test_server_and_extras(void **state)
     assert_int_equal(c->relay.jwt_lifetime_s, 3600);
     assert_int_equal(c->relay.bcrypt_cost, 12);
     assert_int_equal(c->relay.key_cache_ttl_ms, 0);
+    assert_int_equal(c->relay.bcrypt_concurrency, 3);
+    assert_int_equal(c->relay.key_verify_wait_ms, 2500);
     assert_int_equal(c->relay.auto_migrate, 0);
     assert_string_equal(c->relay.redis_url, "redis://127.0.0.1:6380");
     assert_int_equal(c->relay.redis_timeout_ms, 50);
@@ -644,6 +648,10 @@ static void test_errors_are_positioned(void **state)
          "2: api_keys.warning_threshold: expected a number in (0, 1]"},
         {"api_keys:\n  bcrypt_cost: 3\n",
          "2: api_keys.bcrypt_cost: expected an integer from 4 to 31"},
+        {"api_keys:\n  bcrypt_concurrency: -1\n",
+         "2: api_keys.bcrypt_concurrency: expected an integer from 0 to 1024"},
+        {"api_keys:\n  verify_wait_ms: 0\n",
+         "2: api_keys.verify_wait_ms: expected an integer from 1 to 600000"},
         {"api_keys:\n  prefix: \"sk proxy\"\n",
          "2: api_keys.prefix: expected 1 to 32 letters, digits, '-' or '_'"},
         {"alerts:\n  thresholds: [0.5, 2]\n",
@@ -791,6 +799,8 @@ static void test_example_files_load(void **state)
     assert_int_equal(a->bcrypt_cost, b->bcrypt_cost);
     assert_int_equal(a->key_cache_ttl_ms, b->key_cache_ttl_ms);
     assert_int_equal(a->key_cache_max, b->key_cache_max);
+    assert_int_equal(a->bcrypt_concurrency, b->bcrypt_concurrency);
+    assert_int_equal(a->key_verify_wait_ms, b->key_verify_wait_ms);
     assert_string_equal(a->default_tier, b->default_tier);
     assert_string_equal(a->admin_username, b->admin_username);
     assert_int_equal(a->jwt_lifetime_s, b->jwt_lifetime_s);

@@ -22,6 +22,13 @@ extern "C" {
  *
  * Verification costs one bcrypt the first time a key is seen; afterwards a bounded in-memory
  * cache (key_cache_max entries, key_cache_ttl_ms) keyed by SHA-256 of the presented key answers.
+ * Concurrent verifications of the same presented key (same SHA-256) share one store lookup and
+ * one bcrypt: the first runs them, the others wait for its result (single flight). At most
+ * relay_options_t.bcrypt_concurrency bcrypts (0: one per online CPU) run at once in a relay_t;
+ * further verifications needing one queue in arrival order. Either wait lasts at most
+ * key_verify_wait_ms, then the verification is refused like a wrong key. A wrong secret for a
+ * public id whose right secret the cache holds (against the same stored hash) is refused without
+ * a bcrypt.
  * Changes made through this API evict the key from this relay_t's cache at once; other processes
  * sharing the database see them when the entry's TTL ends and the record is re-read (which costs
  * no bcrypt while the stored hash is unchanged).
@@ -118,8 +125,10 @@ RELAY_API int relay_keys_rotate(relay_t *r, const char *id, char *key_out, size_
  * Verifies a presented key. 0 and rec_out (may be NULL) filled for a valid, active, unexpired key;
  * RELAY_ERR_KEY_DISABLED "API key is disabled"; RELAY_ERR_KEY_EXPIRED "API key has expired";
  * RELAY_ERR_AUTH with one message for malformed, unknown, deleted or wrong keys (nothing tells
- * them apart); RELAY_ERR_STORE when the database cannot answer for a key not in the cache.
- * Counters (token_used, ...) in rec_out may be up to the cache TTL old.
+ * them apart), and for a verification that waited key_verify_wait_ms for a bcrypt slot or for a
+ * concurrent verification of the same key; RELAY_ERR_STORE when the database cannot answer for a
+ * key not in the cache. Counters (token_used, ...) in rec_out may be up to the cache TTL old.
+ * May block: up to key_verify_wait_ms waiting, plus the store lookup and one bcrypt.
  */
 RELAY_API int relay_keys_verify(relay_t *r, const char *presented_key, relay_key_record_t *rec_out,
                                 relay_error_t *err);
@@ -130,16 +139,28 @@ RELAY_API int relay_keys_verify(relay_t *r, const char *presented_key, relay_key
  */
 RELAY_API void relay_keys_cache_evict(relay_t *r, const char *id);
 
-/* Counters for tests and metrics (monotonic since relay_new, except cache_entries). */
+/*
+ * Counters for tests and metrics: monotonic since relay_new, except the ones marked "now".
+ * A snapshot; the fields are read one by one, so under load they need not add up exactly.
+ */
 typedef struct relay_keys_stats {
-    uint64_t bcrypt_calls;  /* bcrypt runs during verification */
-    uint64_t cache_hits;    /* answered from a fresh cache entry */
-    uint64_t cache_refresh; /* stale entry re-read from the store, same hash: no bcrypt */
-    uint64_t store_lookups; /* lookups by key_prefix */
-    uint64_t rejected;      /* RELAY_ERR_AUTH answers */
-    size_t cache_entries;
+    uint64_t bcrypt_calls;        /* bcrypt runs during verification */
+    uint64_t cache_hits;          /* answered from a fresh cache entry */
+    uint64_t cache_refresh;       /* stale entry re-read from the store, same hash: no bcrypt */
+    uint64_t store_lookups;       /* lookups by key_prefix */
+    uint64_t rejected;            /* RELAY_ERR_AUTH answers */
+    size_t cache_entries;         /* now */
+    uint64_t verify_shared;       /* answered by a concurrent verification of the same key */
+    uint64_t verify_timeouts;     /* gave up after key_verify_wait_ms (answered RELAY_ERR_AUTH) */
+    uint64_t refuted_by_cache;    /* wrong secrets refused without bcrypt: the cache holds another
+                                     secret proven against the key's current hash */
+    uint64_t bcrypt_max_parallel; /* most verification bcrypts ever running at the same instant */
+    uint64_t bcrypt_running;      /* now: verification bcrypts running */
+    size_t verify_waiting; /* now: waiting for a bcrypt slot or for a concurrent verification */
+    int bcrypt_slots;      /* the bound in force (bcrypt_concurrency, or the CPUs for 0) */
 } relay_keys_stats_t;
 
+/* Fills out. Thread-safe; takes the cache lock briefly. */
 RELAY_API void relay_keys_stats(relay_t *r, relay_keys_stats_t *out);
 
 /*

@@ -90,6 +90,8 @@ RELAY_API int relay_metrics_render(relay_metrics_t *m, char **out, size_t *len);
  *   relay_usage_write_queue_depth             relay_usage_write_drops_total
  *   relay_usage_rows_written_total            relay_unknown_model_cost_total{model}
  *   relay_key_cache_hits_total                relay_key_bcrypt_total
+ *   relay_key_verify_seconds{result}          relay_key_verify_waiting
+ *   relay_key_verify_timeouts_total
  *   relay_redis_up                            relay_build_info{version}
  * Counters kept by other modules (retries, usage writer, limits, keys) are read at scrape time.
  */

@@ -143,6 +143,9 @@ typedef struct relay_options {
     int bcrypt_cost;             /* 10 */
     int key_cache_ttl_ms;        /* 5000 */
     size_t key_cache_max;        /* 10000 entries */
+    int bcrypt_concurrency;      /* 0: the number of online CPUs; most key bcrypts run at once */
+    int key_verify_wait_ms;      /* 10000: longest a verification waits for a bcrypt slot or for
+                                    a concurrent verification of the same key */
     const char *default_tier;    /* "basic" */
 
     /* admin (config.yaml admin.*, env ADMIN_USERNAME/ADMIN_PASSWORD/SECRET_KEY) */
