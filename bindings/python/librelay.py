@@ -76,6 +76,7 @@ class relay_options_t(ctypes.Structure):
         ("warning_threshold", ctypes.c_double), ("bcrypt_cost", ctypes.c_int),
         ("key_cache_ttl_ms", ctypes.c_int), ("key_cache_max", ctypes.c_size_t),
         ("bcrypt_concurrency", ctypes.c_int), ("key_verify_wait_ms", ctypes.c_int),
+        ("key_cache_stale_ms", ctypes.c_int),
         ("default_tier", _c_str),
         ("admin_username", _c_str), ("admin_password", _c_str), ("secret_key", _c_str),
         ("jwt_lifetime_s", ctypes.c_int), ("login_max_failures", ctypes.c_int),

@@ -17,6 +17,8 @@
 #include "metrics_internal.h"
 #include "relay/auth.h"
 #include "relay/tiers.h"
+#include "keys_internal.h"
+#include "maintenance_internal.h"
 #include "util.h"
 
 #define SECRET_BYTES       32
@@ -31,7 +33,8 @@
 typedef struct cache_entry {
     uint8_t digest[32]; /* SHA-256 of the presented key */
     relay_key_record_t rec;
-    int64_t fresh_until_ms;    /* monotonic; after it the record is re-read */
+    int64_t fresh_until_ms;    /* monotonic; after it the record is re-read (INT64_MIN: now) */
+    int refresh_wanted;        /* served stale: the maintenance thread re-reads it */
     struct cache_entry *next;  /* bucket chain */
     struct cache_entry *pnext; /* chain of the by-key_prefix index */
     struct cache_entry *older; /* FIFO order, for eviction when full */
@@ -76,7 +79,8 @@ struct relay_keys_state {
     slot_waiter_t *slot_head, *slot_tail;
     size_t waiting; /* for a flight's result or a bcrypt slot */
     atomic_uint_fast64_t bcrypt_calls, hits, refreshes, lookups, rejected, shared, timeouts;
-    atomic_uint_fast64_t refuted;
+    atomic_uint_fast64_t refuted, stale_hits;
+    int stale_ms; /* key_cache_stale_ms */
     atomic_uint_fast64_t bcrypt_running, bcrypt_max_parallel;
 };
 
@@ -205,6 +209,7 @@ void relay_keys_stats(relay_t *r, relay_keys_stats_t *out)
     out->bcrypt_calls = atomic_load(&st->bcrypt_calls);
     out->cache_hits = atomic_load(&st->hits);
     out->cache_refresh = atomic_load(&st->refreshes);
+    out->cache_stale_hits = atomic_load(&st->stale_hits);
     out->store_lookups = atomic_load(&st->lookups);
     out->rejected = atomic_load(&st->rejected);
     out->verify_shared = atomic_load(&st->shared);
@@ -237,6 +242,7 @@ int relay_keys_start(relay_t *r, relay_error_t *err)
     if (!st)
         return relay_error_set(err, RELAY_ERR_NOMEM, "out of memory");
     st->max = r->opts.key_cache_max;
+    st->stale_ms = r->opts.key_cache_stale_ms > 0 ? r->opts.key_cache_stale_ms : 0;
     st->nbuckets = 16;
     while (st->nbuckets < st->max && st->nbuckets < ((size_t)1 << 20))
         st->nbuckets <<= 1;
@@ -790,14 +796,28 @@ static int check_state(relay_key_record_t *rec, relay_key_record_t *rec_out, rel
     return finish_out(rec, rec_out);
 }
 
-/* Looks in the cache: 1 with rec filled for a fresh hit; else 0 and the stale entry's hash, if any.
- * Lock held. */
+/*
+ * Looks in the cache (lock held): 1 with rec filled for a fresh hit, or for one past its TTL but
+ * within key_cache_stale_ms (*stale set the first time: the caller asks the maintenance thread to
+ * re-read it, so no request waits on the database for a known key). Else 0 and the stale entry's
+ * hash, if any. An entry a change on this instance marked (INT64_MIN) is never served stale.
+ */
 static int cache_lookup(struct relay_keys_state *st, const uint8_t d[32], relay_key_record_t *rec,
-                        char stale_hash[128])
+                        char stale_hash[128], int *stale)
 {
     cache_entry_t *e = cache_find(st, d);
-    if (e && e->fresh_until_ms > relay_mono_ms())
+    int64_t now = relay_mono_ms();
+    if (e && e->fresh_until_ms > now)
         return relay_key_record_copy(rec, &e->rec) == 0;
+    if (e && e->fresh_until_ms != INT64_MIN && now - e->fresh_until_ms < st->stale_ms &&
+        relay_key_record_copy(rec, &e->rec) == 0) {
+        *stale = 1;
+        if (!e->refresh_wanted) {
+            e->refresh_wanted = 1;
+            *stale = 2; /* first stale hit: wake the re-reader */
+        }
+        return 1;
+    }
     if (e)
         relay_strlcpy(stale_hash, e->rec.key_hash, 128);
     return 0;
@@ -1040,10 +1060,13 @@ static int verify_digest(relay_t *r, const uint8_t d[32], const char *prefix, co
 {
     struct relay_keys_state *st = r->keys;
     char stale_hash[128] = "";
+    int stale = 0;
     pthread_mutex_lock(&st->mu);
-    if (cache_lookup(st, d, rec, stale_hash)) {
+    if (cache_lookup(st, d, rec, stale_hash, &stale)) {
         pthread_mutex_unlock(&st->mu);
-        atomic_fetch_add(&st->hits, 1);
+        atomic_fetch_add(stale ? &st->stale_hits : &st->hits, 1);
+        if (stale == 2)
+            relay_maintenance_wake(r);
         *how = "cached";
         return 0;
     }
@@ -1171,4 +1194,79 @@ char *relay_keys_to_json(const relay_key_record_t *rec, int64_t now)
     char *s = json_dumps(o, JSON_COMPACT | JSON_REAL_PRECISION(15));
     json_decref(o);
     return s;
+}
+
+/* ---- re-reading stale entries, off the request path ---- */
+
+#define REFRESH_BATCH 64
+
+typedef struct refresh_item {
+    uint8_t digest[32];
+    char prefix[64];
+    char hash[128];
+} refresh_item_t;
+
+/* Under st->mu: the entries requests found stale, up to max; their flag is cleared. */
+static size_t collect_stale(struct relay_keys_state *st, refresh_item_t *items, size_t max)
+{
+    size_t n = 0;
+    int64_t now = relay_mono_ms();
+    for (cache_entry_t *e = st->oldest; e && n < max; e = e->newer) {
+        if (!e->refresh_wanted || e->fresh_until_ms > now || e->fresh_until_ms == INT64_MIN)
+            continue;
+        e->refresh_wanted = 0;
+        memcpy(items[n].digest, e->digest, 32);
+        relay_strlcpy(items[n].prefix, e->rec.key_prefix, sizeof items[n].prefix);
+        relay_strlcpy(items[n].hash, e->rec.key_hash, sizeof items[n].hash);
+        n++;
+    }
+    return n;
+}
+
+/* Under st->mu: applies one re-read (rc, rec) to the entry it was read for. */
+static void apply_refresh(relay_t *r, const refresh_item_t *it, int rc,
+                          const relay_key_record_t *rec, uint64_t gen)
+{
+    struct relay_keys_state *st = r->keys;
+    cache_entry_t *e = cache_find(st, it->digest);
+    if (!e || st->generation != gen)
+        return; /* it left, or a change raced the read: the next verify reads it again */
+    if (rc == 0 && !rec->is_deleted && relay_ct_streq(it->hash, rec->key_hash)) {
+        relay_key_record_t copy = {0};
+        if (relay_key_record_copy(&copy, rec) != 0)
+            return;
+        relay_key_record_clear(&e->rec);
+        e->rec = copy;
+        e->fresh_until_ms =
+            relay_mono_ms() + (r->opts.key_cache_ttl_ms > 0 ? r->opts.key_cache_ttl_ms : 0);
+        atomic_fetch_add(&st->refreshes, 1);
+    } else if (rc == 0 || rc == RELAY_ERR_NOT_FOUND) {
+        cache_remove(st, e); /* deleted or a new secret: the full verification decides */
+        st->generation++;
+    } else {
+        e->refresh_wanted = 1; /* the database is away: stale it stays, tried again */
+    }
+}
+
+void relay_keys_refresh_stale(relay_t *r)
+{
+    struct relay_keys_state *st = r->keys;
+    if (!st || !r->store)
+        return;
+    refresh_item_t items[REFRESH_BATCH];
+    pthread_mutex_lock(&st->mu);
+    size_t n = collect_stale(st, items, REFRESH_BATCH);
+    uint64_t gen = st->generation;
+    pthread_mutex_unlock(&st->mu);
+    for (size_t i = 0; i < n; i++) {
+        relay_key_record_t rec = {0};
+        atomic_fetch_add(&st->lookups, 1);
+        int rc = relay_store_key_get_by_prefix(r->store, items[i].prefix, &rec);
+        pthread_mutex_lock(&st->mu);
+        apply_refresh(r, &items[i], rc, &rec, gen);
+        gen = st->generation;
+        pthread_mutex_unlock(&st->mu);
+        relay_key_record_clear(&rec);
+    }
+    explicit_bzero(items, sizeof items);
 }

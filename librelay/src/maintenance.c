@@ -11,6 +11,7 @@
 
 #include "internal.h"
 #include "maintenance_internal.h"
+#include "keys_internal.h"
 #include "relay/maintenance.h"
 #include "relay/store.h"
 #include "relay/tiers.h"
@@ -37,6 +38,7 @@ struct relay_maintenance {
     pthread_cond_t wake, idle;
     pthread_t thread;
     int running, stopping, busy;
+    int keys_wanted; /* a cached key went stale on the request path: re-read it now */
     double thresholds[RELAY_MAINTENANCE_MAX_THRESHOLDS];
     size_t n_thresholds;
     char *webhook_url;
@@ -282,6 +284,7 @@ static void *maintenance_main(void *arg)
     struct relay_maintenance *m = r->maintenance;
     int64_t next_reload = relay_mono_ms() + TIER_RELOAD_MS;
     int64_t next_prune = relay_mono_ms() + PRUNE_FIRST_MS;
+    int64_t next_keys = relay_mono_ms() + TICK_MS;
     pthread_mutex_lock(&m->mu);
     while (!m->stopping) {
         if (m->q_count) {
@@ -303,10 +306,35 @@ static void *maintenance_main(void *arg)
             pthread_mutex_lock(&m->mu);
             continue;
         }
-        nap(m, TICK_MS);
+        if (m->keys_wanted || now >= next_keys) {
+            m->keys_wanted = 0;
+            pthread_mutex_unlock(&m->mu);
+            relay_keys_refresh_stale(r);
+            next_keys = relay_mono_ms() + TICK_MS;
+            pthread_mutex_lock(&m->mu);
+            continue;
+        }
+        struct timespec dl;
+        relay_deadline_in(&dl, TICK_MS);
+        while (!m->stopping && !m->keys_wanted && !m->q_count)
+            if (pthread_cond_timedwait(&m->wake, &m->mu, &dl) == ETIMEDOUT)
+                break;
     }
     pthread_mutex_unlock(&m->mu);
     return NULL;
+}
+
+void relay_maintenance_wake(relay_t *r)
+{
+    struct relay_maintenance *m = r->maintenance;
+    if (!m)
+        return;
+    pthread_mutex_lock(&m->mu);
+    if (!m->keys_wanted) {
+        m->keys_wanted = 1;
+        pthread_cond_signal(&m->wake);
+    }
+    pthread_mutex_unlock(&m->mu);
 }
 
 /* ---------------------------------------------------------------- configuration, lifecycle */

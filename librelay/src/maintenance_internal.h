@@ -14,6 +14,9 @@ void relay_maintenance_stop(relay_t *r);
  * Compares used/limit of key with the alert thresholds and queues each threshold crossed that
  * this process has not queued before. Memory only (no I/O): safe on the request path.
  */
+/* Asks the maintenance thread to re-read stale cached keys now (never blocks; any thread). */
+void relay_maintenance_wake(relay_t *r);
+
 void relay_maintenance_quota_check(relay_t *r, const relay_key_record_t *key, int64_t used,
                                    int64_t limit);
 

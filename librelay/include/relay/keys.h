@@ -158,6 +158,7 @@ typedef struct relay_keys_stats {
     uint64_t bcrypt_running;      /* now: verification bcrypts running */
     size_t verify_waiting; /* now: waiting for a bcrypt slot or for a concurrent verification */
     int bcrypt_slots;      /* the bound in force (bcrypt_concurrency, or the CPUs for 0) */
+    uint64_t cache_stale_hits; /* answered from an entry past its TTL while it is re-read */
 } relay_keys_stats_t;
 
 /* Fills out. Thread-safe; takes the cache lock briefly. */

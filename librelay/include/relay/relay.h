@@ -146,6 +146,9 @@ typedef struct relay_options {
     int bcrypt_concurrency;      /* 0: the number of online CPUs; most key bcrypts run at once */
     int key_verify_wait_ms;      /* 10000: longest a verification waits for a bcrypt slot or for
                                     a concurrent verification of the same key */
+    int key_cache_stale_ms;      /* 300000: past its TTL a cached key is still served this long
+                                    while the maintenance thread re-reads it (0: never; the
+                                    request re-reads it itself) */
     const char *default_tier;    /* "basic" */
 
     /* admin (config.yaml admin.*, env ADMIN_USERNAME/ADMIN_PASSWORD/SECRET_KEY) */
