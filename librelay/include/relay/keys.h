@@ -156,8 +156,8 @@ typedef struct relay_keys_stats {
                                      secret proven against the key's current hash */
     uint64_t bcrypt_max_parallel; /* most verification bcrypts ever running at the same instant */
     uint64_t bcrypt_running;      /* now: verification bcrypts running */
-    size_t verify_waiting; /* now: waiting for a bcrypt slot or for a concurrent verification */
-    int bcrypt_slots;      /* the bound in force (bcrypt_concurrency, or the CPUs for 0) */
+    size_t verify_waiting;     /* now: waiting for a bcrypt slot or for a concurrent verification */
+    int bcrypt_slots;          /* the bound in force (bcrypt_concurrency, or the CPUs for 0) */
     uint64_t cache_stale_hits; /* answered from an entry past its TTL while it is re-read */
 } relay_keys_stats_t;
 
