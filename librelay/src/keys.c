@@ -1260,7 +1260,6 @@ void relay_keys_refresh_stale(relay_t *r)
     pthread_mutex_unlock(&st->mu);
     for (size_t i = 0; i < n; i++) {
         relay_key_record_t rec = {0};
-        atomic_fetch_add(&st->lookups, 1);
         int rc = relay_store_key_get_by_prefix(r->store, items[i].prefix, &rec);
         pthread_mutex_lock(&st->mu);
         apply_refresh(r, &items[i], rc, &rec, gen);

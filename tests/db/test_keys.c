@@ -24,15 +24,21 @@
 #include "testrelay.h"
 #include "util.h"
 
-static relay_t *new_relay_opts(int ttl_ms, size_t cache_max)
+static relay_t *new_relay_stale(int ttl_ms, size_t cache_max, int stale_ms)
 {
     relay_options_t o;
     testdb_options(&o); /* bcrypt at cost 4: the counts matter here, not the cost */
     o.key_cache_ttl_ms = ttl_ms;
+    o.key_cache_stale_ms = stale_ms;
     o.key_cache_max = cache_max;
     o.secret_key = "test-secret-key-for-jwt-signing-0123456789";
     o.admin_password = "test-admin-password";
     return testrelay_new(&o);
+}
+
+static relay_t *new_relay_opts(int ttl_ms, size_t cache_max)
+{
+    return new_relay_stale(ttl_ms, cache_max, 300000);
 }
 
 static relay_t *new_relay(void)
@@ -359,7 +365,7 @@ static void test_stale_key_served_while_reread(void **state)
     assert_int_equal(verify(a, key, &err), 0);
     relay_keys_stats(a, &s1);
     assert_int_equal(s1.cache_stale_hits, s0.cache_stale_hits + 1);
-    assert_int_equal(s1.store_lookups, s0.store_lookups); /* not on this request's path */
+    assert_int_equal(s1.store_lookups, s0.store_lookups); /* none on the request's path */
     for (int i = 0; i < 500 && s1.cache_refresh == s0.cache_refresh; i++) {
         usleep(10 * 1000);
         relay_keys_stats(a, &s1);
@@ -368,6 +374,20 @@ static void test_stale_key_served_while_reread(void **state)
     assert_int_equal(s1.bcrypt_calls, 1);
     relay_key_record_clear(&rec);
     relay_free(a);
+    /* key_cache_stale_ms 0: the request that finds the entry expired re-reads it itself. */
+    relay_t *b = new_relay_stale(100, 10000, 0);
+    create_key(b, "no-stale", key, &rec);
+    assert_int_equal(verify(b, key, &err), 0);
+    usleep(200 * 1000);
+    relay_keys_stats(b, &s0);
+    assert_int_equal(verify(b, key, &err), 0);
+    relay_keys_stats(b, &s1);
+    assert_int_equal(s1.cache_stale_hits, 0);
+    assert_int_equal(s1.store_lookups, s0.store_lookups + 1);
+    assert_int_equal(s1.cache_refresh, s0.cache_refresh + 1);
+    assert_int_equal(s1.bcrypt_calls, 1);
+    relay_key_record_clear(&rec);
+    relay_free(b);
 }
 
 static void test_ttl_second_process_sees_changes(void **state)

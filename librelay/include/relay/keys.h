@@ -147,7 +147,8 @@ typedef struct relay_keys_stats {
     uint64_t bcrypt_calls;        /* bcrypt runs during verification */
     uint64_t cache_hits;          /* answered from a fresh cache entry */
     uint64_t cache_refresh;       /* stale entry re-read from the store, same hash: no bcrypt */
-    uint64_t store_lookups;       /* lookups by key_prefix */
+    uint64_t store_lookups;       /* lookups by key_prefix on the request path (the maintenance
+                                     thread's re-reads of stale entries are cache_refresh) */
     uint64_t rejected;            /* RELAY_ERR_AUTH answers */
     size_t cache_entries;         /* now */
     uint64_t verify_shared;       /* answered by a concurrent verification of the same key */
