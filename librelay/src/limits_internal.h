@@ -13,6 +13,8 @@ void relay_limits_stop(relay_t *r);
 
 /* Tests replace the wall clock (Unix ms) to cross window edges without sleeping. NULL restores. */
 void relay_limits_set_clock_for_tests(relay_t *r, int64_t (*now_ms)(void *ud), void *ud);
+/* The limits' clock (the test clock when set): budgets use it too, so periods move with it. */
+int64_t relay_limits_now_ms(relay_t *r);
 
 /* Why a check-and-take refused; the order is the order the checks run in both backends. */
 enum {
