@@ -630,6 +630,146 @@ static int refuse(const verdict_t *v, double est, int64_t now, relay_admission_t
                            v->name, why, b->spent, b->limit, est, reset);
 }
 
+/* ---- Redis: the same decision, shared by every instance ---- */
+
+static void budget_id(const budget_t *b, char out[17])
+{
+    uint64_t h = 1469598103934665603ULL;
+    const char *m = b->models_json ? b->models_json : "";
+    h = (h ^ (uint8_t)('0' + b->period)) * 1099511628211ULL;
+    for (; *m; m++)
+        h = (h ^ (uint8_t)*m) * 1099511628211ULL;
+    snprintf(out, 17, "%016" PRIx64, h);
+}
+
+/* The Redis op of k's budgets that apply to model (all of them when all). Lock held. */
+static void build_op(const struct relay_budgets *bs, bkey_t *k, const char *model, int all,
+                     int64_t now, limits_budget_op_t *op)
+{
+    relay_strlcpy(op->key_id, k->key_id, sizeof op->key_id);
+    op->n = 0;
+    for (size_t i = 0; i < k->n && op->n < LIMITS_MAX_BUDGETS; i++) {
+        budget_t *b = &k->b[i];
+        roll(bs, b, now);
+        if (!all && !applies(b, model))
+            continue;
+        budget_id(b, op->b[op->n].bid);
+        op->b[op->n].start = b->start;
+        op->b[op->n].limit = b->limit;
+        op->b[op->n].seed = b->spent;
+        /* A period's spend outlives its end by a day (a late settle); lifetime by 400 days idle */
+        op->b[op->n].ttl_s = b->end ? b->end - now + 86400 : 400 * 86400;
+        op->n++;
+    }
+}
+
+/* The budget of k an op entry stands for, or NULL. Lock held. */
+static budget_t *op_budget(bkey_t *k, const limits_budget_op_t *op, int i)
+{
+    char bid[17];
+    for (size_t j = 0; k && j < k->n; j++) {
+        budget_id(&k->b[j], bid);
+        if (strcmp(bid, op->b[i].bid) == 0 && k->b[j].start == op->b[i].start)
+            return &k->b[j];
+    }
+    return NULL;
+}
+
+/* Keeps the local mirror at least at Redis's spend, for views and for when Redis goes away. */
+static void mirror(bkey_t *k, const limits_budget_op_t *op, const limits_budget_verdict_t *v)
+{
+    for (int i = 0; i < op->n; i++) {
+        budget_t *b = op_budget(k, op, i);
+        if (b && v->spent[i] > b->spent)
+            b->spent = v->spent[i];
+    }
+}
+
+/* Decides in Redis. *handled 0 when Redis did not answer (decide in process then). */
+static int redis_admit(relay_t *r, relay_limits_redis_t *rd, int64_t lease_ms,
+                       const relay_key_record_t *key, const char *model, double est, int64_t now_ms,
+                       relay_admission_t *out, relay_error_t *err, int *handled)
+{
+    struct relay_budgets *bs = r->budgets;
+    limits_budget_op_t op;
+    limits_budget_verdict_t v;
+    *handled = 0;
+    pthread_mutex_lock(&bs->mu);
+    bkey_t *k = bkey_get(bs, key);
+    if (k)
+        build_op(bs, k, model, 0, now_ms / 1000, &op);
+    pthread_mutex_unlock(&bs->mu);
+    if (!k || op.n == 0) {
+        *handled = 1;
+        return 0;
+    }
+    op.now_ms = now_ms;
+    op.lease_ms = lease_ms;
+    op.estimate = est;
+    snprintf(op.member, sizeof op.member, "%s:%.17g", out->id, est);
+    if (limits_redis_budget_admit(rd, &op, 1, &v) != 0)
+        return 0;
+    *handled = 1;
+    verdict_t vd = {.busy = v.verdict == 2};
+    pthread_mutex_lock(&bs->mu);
+    k = bkey_find(bs, key->id);
+    if (k)
+        mirror(k, &op, &v);
+    budget_t *b = v.verdict && k ? op_budget(k, &op, v.index) : NULL;
+    if (b) {
+        vd.refused = *b;
+        vd.refused.spent = v.spent[v.index];
+        vd.refused.reserved = v.reserved[v.index];
+        budget_name(b, vd.name, sizeof vd.name);
+    }
+    pthread_mutex_unlock(&bs->mu);
+    if (v.verdict && !b) { /* the key's budgets changed meanwhile: refuse without detail */
+        vd.refused.period = BP_DAILY;
+        vd.refused.spent = v.spent[v.index];
+        vd.refused.limit = op.b[v.index].limit;
+        relay_strlcpy(vd.name, "cost budget", sizeof vd.name);
+    }
+    if (v.verdict)
+        return refuse(&vd, est, now_ms / 1000, out, err);
+    out->cost_reserved = est;
+    out->budget_redis = 1;
+    return 0;
+}
+
+/* Refreshes the mirror (spend and reservations) of every budget of key from Redis. */
+static void redis_view(relay_t *r, const relay_key_record_t *key, int64_t now)
+{
+    struct relay_budgets *bs = r->budgets;
+    int64_t lease;
+    relay_limits_redis_t *rd = relay_limits_redis_up(r, &lease);
+    if (!rd)
+        return;
+    limits_budget_op_t op;
+    limits_budget_verdict_t v;
+    pthread_mutex_lock(&bs->mu);
+    bkey_t *k = bkey_get(bs, key);
+    op.n = 0;
+    if (k)
+        build_op(bs, k, NULL, 1, now, &op);
+    pthread_mutex_unlock(&bs->mu);
+    op.now_ms = now * 1000;
+    op.lease_ms = lease;
+    op.estimate = 0;
+    relay_strlcpy(op.member, "view", sizeof op.member);
+    if (op.n == 0 || limits_redis_budget_admit(rd, &op, 0, &v) != 0)
+        return;
+    pthread_mutex_lock(&bs->mu);
+    k = bkey_find(bs, key->id);
+    for (int i = 0; k && i < op.n; i++) {
+        budget_t *b = op_budget(k, &op, i);
+        if (b) {
+            b->spent = v.spent[i] > b->spent ? v.spent[i] : b->spent;
+            b->reserved = v.reserved[i];
+        }
+    }
+    pthread_mutex_unlock(&bs->mu);
+}
+
 int budgets_admit(relay_t *r, const relay_key_record_t *key, const char *model, double estimate,
                   int64_t now_ms, relay_admission_t *out, relay_error_t *err)
 {
@@ -640,6 +780,15 @@ int budgets_admit(relay_t *r, const relay_key_record_t *key, const char *model, 
     int64_t now = now_ms / 1000;
     if (needs_seed(bs, key, now))
         seed(r, key, now);
+    int64_t lease;
+    relay_limits_redis_t *rd = relay_limits_redis_up(r, &lease);
+    if (rd) {
+        int handled,
+            rc = redis_admit(r, rd, lease, key, model, estimate, now_ms, out, err, &handled);
+        if (handled)
+            return rc;
+        relay_limits_count_budget_fallback(r);
+    }
     verdict_t v;
     pthread_mutex_lock(&bs->mu);
     bkey_t *k = bkey_get(bs, key);
@@ -661,13 +810,22 @@ int budgets_admit(relay_t *r, const relay_key_record_t *key, const char *model, 
 }
 
 /* Takes the reservation back and adds cost. */
+/*
+ * Takes the reservation back and adds cost, in the mirror and (for a Redis admission) in Redis.
+ * The Redis seed is each budget's mirror *before* this cost, taken in the same critical section
+ * that adds it: so neither the mirror nor Redis ever counts one request twice.
+ */
 static void apply(relay_t *r, relay_admission_t *a, double cost, int64_t now_ms)
 {
     struct relay_budgets *bs = r->budgets;
     if (!bs)
         return;
+    limits_budget_op_t op;
+    op.n = 0;
     pthread_mutex_lock(&bs->mu);
     bkey_t *k = bkey_find(bs, a->key_id);
+    if (k && a->budget_redis)
+        build_op(bs, k, a->model[0] ? a->model : NULL, 0, now_ms / 1000, &op);
     for (size_t i = 0; k && i < k->n; i++) {
         budget_t *b = &k->b[i];
         if (!applies(b, a->model[0] ? a->model : NULL))
@@ -678,12 +836,19 @@ static void apply(relay_t *r, relay_admission_t *a, double cost, int64_t now_ms)
         b->spent += cost;
     }
     pthread_mutex_unlock(&bs->mu);
+    int64_t lease;
+    relay_limits_redis_t *rd = a->budget_redis ? relay_limits_redis_up(r, &lease) : NULL;
+    if (rd && op.n) { /* when Redis is away the reservation ends with its lease */
+        snprintf(op.member, sizeof op.member, "%s:%.17g", a->id, a->cost_reserved);
+        limits_redis_budget_settle(rd, &op, cost);
+    }
     a->budget_held = 0;
+    a->budget_redis = 0;
 }
 
 void budgets_release(relay_t *r, relay_admission_t *a, int64_t now_ms)
 {
-    if (a->budget_held)
+    if (a->budget_held || a->budget_redis)
         apply(r, a, 0, now_ms);
 }
 
@@ -705,6 +870,7 @@ int relay_budgets_view(relay_t *r, const relay_key_record_t *key, relay_budget_v
     int64_t now = relay_limits_now_ms(r) / 1000;
     if (needs_seed(bs, key, now))
         seed(r, key, now);
+    redis_view(r, key, now);
     pthread_mutex_lock(&bs->mu);
     bkey_t *k = bkey_get(bs, key);
     relay_budget_view_t *v = k && k->n ? calloc(k->n, sizeof *v) : NULL;

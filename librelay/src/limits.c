@@ -981,6 +981,22 @@ void relay_limits_get_stats(relay_t *r, relay_limits_stats_t *out)
     }
 }
 
+relay_limits_redis_t *relay_limits_redis_up(relay_t *r, int64_t *lease_ms)
+{
+    struct relay_limits_state *st = r->limits;
+    if (!st || !st->redis || !limits_redis_is_up(st->redis))
+        return NULL;
+    *lease_ms = st->lease_ms;
+    return st->redis;
+}
+
+void relay_limits_count_budget_fallback(relay_t *r)
+{
+    pthread_mutex_lock(&r->limits->mu);
+    r->limits->st.redis_fallbacks++;
+    pthread_mutex_unlock(&r->limits->mu);
+}
+
 int64_t relay_limits_now_ms(relay_t *r)
 {
     return r->limits ? limits_now_ms(r->limits) : relay_now_ms();

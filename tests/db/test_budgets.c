@@ -33,6 +33,7 @@
 #define EST 0.018
 
 static _Atomic int64_t g_now_ms;
+static char g_redis_url[256]; /* set for the Redis round: every relay_t shares that Redis */
 
 static int64_t fake_clock(void *ud)
 {
@@ -52,6 +53,8 @@ static relay_t *new_relay_tz(const char *tz, int clock)
     relay_options_t o;
     testdb_options(&o);
     o.budget_timezone = tz;
+    if (g_redis_url[0])
+        o.redis_url = g_redis_url;
     relay_t *r = testrelay_new(&o);
     if (clock)
         relay_limits_set_clock_for_tests(r, fake_clock, NULL);
@@ -398,6 +401,39 @@ static void test_pricing_set_persists(void **state)
     relay_free(r);
 }
 
+static void test_two_instances_share_through_redis(void **state)
+{
+    (void)state;
+    if (!g_redis_url[0])
+        skip();
+    relay_t *r1 = new_relay(), *r2 = new_relay_tz("UTC", 1);
+    relay_key_record_t k;
+    create_key(r1, "{\"daily_cost_limit\":0.1}", &k);
+    relay_admission_t a;
+    relay_error_t err;
+    for (int i = 0; i < 3; i++)
+        assert_int_equal(request(r1, &k, SONNET, EST, &a, &err), 0);
+    /* r2 never served the key: Redis tells it what r1 spent, so only 2 more fit. */
+    assert_int_equal(request(r2, &k, SONNET, EST, &a, &err), 0);
+    assert_int_equal(request(r2, &k, SONNET, EST, &a, &err), 0);
+    assert_int_equal(request(r2, &k, SONNET, EST, &a, &err), RELAY_ERR_RATE_LIMITED);
+    assert_int_equal(request(r1, &k, SONNET, EST, &a, &err), RELAY_ERR_RATE_LIMITED);
+    /* A reservation held on r1 is seen by r2. */
+    relay_key_record_t k2;
+    create_key(r1, "{\"daily_cost_limit\":0.03}", &k2);
+    relay_admission_t held;
+    assert_int_equal(request(r1, &k2, SONNET, -1, &held, &err), 0);
+    assert_int_equal(request(r2, &k2, SONNET, EST, &a, &err), RELAY_ERR_RATE_LIMITED);
+    assert_non_null(strstr(err.message, "reserved by requests in flight"));
+    relay_limits_settle_cost(r1, &held, 2000, 0.001);
+    assert_int_equal(request(r2, &k2, SONNET, EST, &a, &err), 0);
+    assert_true(fabs(spent_of(r1, &k2, "daily") - 0.019) < 1e-9);
+    relay_key_record_clear(&k);
+    relay_key_record_clear(&k2);
+    relay_free(r2);
+    relay_free(r1);
+}
+
 static void expect_invalid(const char *json, const char *msg)
 {
     relay_error_t err = {0};
@@ -469,6 +505,15 @@ int main(int argc, char **argv)
         T(test_pricing_set_persists),
         T(test_validation_names_field),
         T(test_time_zone_periods),
+        T(test_two_instances_share_through_redis),
     };
-    return cmocka_run_group_tests_name(testdb_backend(), tests, NULL, NULL);
+    int failed = cmocka_run_group_tests_name(testdb_backend(), tests, NULL, NULL);
+    /* The same again with the budgets shared through Redis, when there is one. */
+    const char *redis = getenv("RELAY_TEST_REDIS_URL");
+    if (!redis || !*redis)
+        return failed;
+    snprintf(g_redis_url, sizeof g_redis_url, "%s/7", redis);
+    char name[64];
+    snprintf(name, sizeof name, "%s+redis", testdb_backend());
+    return failed | cmocka_run_group_tests_name(name, tests, NULL, NULL);
 }

@@ -688,7 +688,8 @@ static void test_errors_are_positioned(void **state)
          "2: pricing[0].output: expected a non-negative number"},
         {"pricing: {prices: {model_prefix: claude}}\n",
          "1: pricing.prices: expected a list of {model_prefix, input, output, ...}"},
-        {"pricing:\n  default: nope\n  prices:\n    - {model_prefix: claude, input: 1, output: 2}\n",
+        {"pricing:\n  default: nope\n  prices:\n    - {model_prefix: claude, input: 1, output: "
+         "2}\n",
          "2: pricing: default: 'nope' is not the model_prefix of one of the prices"},
         {"budgets:\n  timezone: Mars/Olympus_Mons\n",
          "2: budgets.timezone: unknown time zone (expected an IANA name such as Europe/Berlin, "

@@ -61,6 +61,7 @@ typedef struct relay_admission {
     char model[128];         /* the request's model: cost budgets match it again at settle */
     double cost_reserved;    /* USD reserved in the key's cost budgets (relay/budgets.h) */
     int budget_held;         /* cost_reserved is held in this instance's budget state */
+    int budget_redis;        /* cost_reserved is held in Redis */
 
     /* The tier's request window after this decision (for anthropic-ratelimit-requests-*). */
     int64_t requests_limit;     /* -1: unlimited */
