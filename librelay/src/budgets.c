@@ -894,9 +894,10 @@ int relay_budgets_view(relay_t *r, const relay_key_record_t *key, relay_budget_v
     return 0;
 }
 
-static double cents4(double usd)
+/* Nano-dollars: float noise gone, every digit a usage log's total_cost has kept. */
+static double usd_round(double usd)
 {
-    return round(usd * 10000.0) / 10000.0;
+    return round(usd * 1e9) / 1e9;
 }
 
 static json_t *view_json(const relay_budget_view_t *v)
@@ -906,8 +907,8 @@ static json_t *view_json(const relay_budget_view_t *v)
     if (v->resets_at)
         relay_iso8601(v->resets_at, reset, sizeof reset);
     return json_pack("{s:s, s:o, s:f, s:f, s:f, s:f, s:o}", "period", v->period, "models",
-                     models ? models : json_null(), "limit", v->limit, "spent", cents4(v->spent),
-                     "reserved", cents4(v->reserved), "remaining", cents4(v->remaining),
+                     models ? models : json_null(), "limit", v->limit, "spent", usd_round(v->spent),
+                     "reserved", usd_round(v->reserved), "remaining", usd_round(v->remaining),
                      "resets_at", v->resets_at ? json_string(reset) : json_null());
 }
 
