@@ -636,10 +636,43 @@ static void h_delete(ctx_t *c)
 
 static json_t *tier_object(const relay_tier_def_t *t)
 {
-    return json_pack("{s:s, s:I, s:I, s:I, s:I}", "name", t->name, "requests",
-                     (json_int_t)t->requests, "period", (json_int_t)t->period_s,
-                     "tokens_per_minute", (json_int_t)t->tokens_per_minute, "concurrent",
-                     (json_int_t)t->concurrent);
+    json_t *o =
+        json_pack("{s:s, s:I, s:I, s:I, s:I}", "name", t->name, "requests", (json_int_t)t->requests,
+                  "period", (json_int_t)t->period_s, "tokens_per_minute",
+                  (json_int_t)t->tokens_per_minute, "concurrent", (json_int_t)t->concurrent);
+    json_t *c = t->cost_limits[0] ? json_loads(t->cost_limits, 0, NULL) : NULL;
+    for (size_t i = 0; o && i < sizeof BUDGET_FIELDS / sizeof BUDGET_FIELDS[0]; i++) {
+        json_t *v = json_object_get(c, BUDGET_FIELDS[i]);
+        json_object_set_new(o, BUDGET_FIELDS[i], v ? json_incref(v) : json_null());
+    }
+    json_decref(c);
+    return o;
+}
+
+/* A tier PUT with budget fields sets the tier's defaults to them; without, keeps the old. */
+static int tier_budgets(ctx_t *c, json_t *o, const relay_tier_def_t *old, int existed,
+                        relay_tier_def_t *t)
+{
+    char *patch = NULL, *merged = NULL;
+    if (budget_patch(c, o, &patch))
+        return -1;
+    if (!patch) {
+        if (existed)
+            relay_strlcpy(t->cost_limits, old->cost_limits, sizeof t->cost_limits);
+        return 0;
+    }
+    relay_error_t err = {0};
+    int rc = relay_budgets_merge(NULL, patch, &merged, &err);
+    free(patch);
+    if (!rc && merged && strlen(merged) >= sizeof t->cost_limits)
+        rc = relay_error_set(&err, RELAY_ERR_INVALID, "cost_limits: at most %zu characters",
+                             sizeof t->cost_limits - 1);
+    if (!rc && merged)
+        relay_strlcpy(t->cost_limits, merged, sizeof t->cost_limits);
+    relay_free_string(merged);
+    if (rc)
+        reply_error(c, rc, err.message);
+    return rc ? -1 : 0;
 }
 
 static void h_tiers(ctx_t *c)
@@ -700,7 +733,8 @@ static void h_tier_put(ctx_t *c)
         tier_int(c, o, "period", 0, "expected a positive number of seconds", &t.period_s) == 0 &&
         tier_int(c, o, "tokens_per_minute", 0, "expected a non-negative integer",
                  &t.tokens_per_minute) == 0 &&
-        tier_int(c, o, "concurrent", 0, "expected a non-negative integer", &t.concurrent) == 0) {
+        tier_int(c, o, "concurrent", 0, "expected a non-negative integer", &t.concurrent) == 0 &&
+        tier_budgets(c, o, &old, existed, &t) == 0) {
         relay_error_t err = {0};
         int rc = relay_tiers_set(c->r, &t, &err);
         if (rc) {

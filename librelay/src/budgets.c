@@ -9,6 +9,7 @@
 
 #include "budgets_internal.h"
 #include "limits_internal.h"
+#include "relay/tiers.h"
 #include "tz.h"
 #include "util.h"
 
@@ -37,7 +38,8 @@ typedef struct budget {
 typedef struct bkey {
     struct bkey *next;
     char key_id[37];
-    char *defs_text; /* the cost_limits text the budgets were built from */
+    char *defs_text; /* the key's cost_limits text the budgets were built from */
+    char *tier_text; /* and its tier's defaults */
     budget_t *b;
     size_t n;
 } bkey_t;
@@ -355,17 +357,39 @@ static int same_budget(const budget_t *a, const budget_t *b)
             (a->models_json && b->models_json && strcmp(a->models_json, b->models_json) == 0));
 }
 
-/* Rebuilds k's budgets from text when it changed, keeping the spend of budgets that stayed. */
-static int bkey_sync(bkey_t *k, const char *text)
+static int same_text(const char *a, const char *b)
 {
-    if ((!text && !k->defs_text) || (text && k->defs_text && strcmp(text, k->defs_text) == 0))
+    return (!a && !b) || (a && b && strcmp(a, b) == 0);
+}
+
+/* The budgets of a key: its own fields over its tier's defaults. *out NULL when none. */
+static int effective_text(const char *key_text, const char *tier_text, char **out)
+{
+    *out = NULL;
+    if (!tier_text)
+        return key_text && !(*out = strdup(key_text)) ? RELAY_ERR_NOMEM : 0;
+    return relay_budgets_merge(tier_text, key_text, out, NULL);
+}
+
+/*
+ * Rebuilds k's budgets when the key's or its tier's text changed, keeping the spend of the
+ * budgets that stayed (same period and models).
+ */
+static int bkey_sync(bkey_t *k, const char *text, const char *tier)
+{
+    if (same_text(text, k->defs_text) && same_text(tier, k->tier_text))
         return 0;
-    budget_t *nb;
-    size_t n;
-    char *copy = text ? strdup(text) : NULL;
-    if ((text && !copy) || parse_defs(text, &nb, &n) != 0) {
+    budget_t *nb = NULL;
+    size_t n = 0;
+    char *eff = NULL, *copy = text ? strdup(text) : NULL, *tcopy = tier ? strdup(tier) : NULL;
+    int rc = (text && !copy) || (tier && !tcopy) ? RELAY_ERR_NOMEM : 0;
+    rc = rc ? rc : effective_text(text, tier, &eff);
+    rc = rc ? rc : parse_defs(eff, &nb, &n);
+    free(eff);
+    if (rc) {
         free(copy);
-        return RELAY_ERR_NOMEM;
+        free(tcopy);
+        return rc;
     }
     for (size_t i = 0; i < n; i++)
         for (size_t j = 0; j < k->n; j++)
@@ -378,13 +402,24 @@ static int bkey_sync(bkey_t *k, const char *text)
             }
     budgets_free(k->b, k->n);
     free(k->defs_text);
+    free(k->tier_text);
     k->b = nb;
     k->n = n;
     k->defs_text = copy;
+    k->tier_text = tcopy;
     return 0;
 }
 
-static bkey_t *bkey_get(struct relay_budgets *bs, const relay_key_record_t *key)
+/* The key's tier's budget defaults (the default tier's for an unknown tier), or NULL. */
+static const char *tier_text_of(relay_t *r, const relay_key_record_t *key, relay_tier_def_t *def)
+{
+    if (relay_tiers_get(r, key->rate_limit_tier, def) != 0 &&
+        (!r->opts.default_tier || relay_tiers_get(r, r->opts.default_tier, def) != 0))
+        return NULL;
+    return def->cost_limits[0] ? def->cost_limits : NULL;
+}
+
+static bkey_t *bkey_get(struct relay_budgets *bs, const relay_key_record_t *key, const char *tier)
 {
     bkey_t *k = bkey_find(bs, key->id);
     if (!k) {
@@ -396,7 +431,7 @@ static bkey_t *bkey_get(struct relay_budgets *bs, const relay_key_record_t *key)
         k->next = bs->buckets[i];
         bs->buckets[i] = k;
     }
-    return bkey_sync(k, key->cost_limits) == 0 ? k : NULL;
+    return bkey_sync(k, key->cost_limits, tier) == 0 ? k : NULL;
 }
 
 /* ---- the spend already in the store ---- */
@@ -515,14 +550,14 @@ static void seed_apply(struct relay_budgets *bs, const char *id, const budget_t 
 #define MAX_BUDGETS (4 + RELAY_BUDGETS_MAX_MODEL_LIMITS)
 
 /* Reads the store spend of every budget of key not yet seeded, outside the lock. */
-static void seed(relay_t *r, const relay_key_record_t *key, int64_t now)
+static void seed(relay_t *r, const relay_key_record_t *key, const char *tier, int64_t now)
 {
     struct relay_budgets *bs = r->budgets;
     budget_t todo[MAX_BUDGETS];
     size_t n = 0;
     int rc = 0;
     pthread_mutex_lock(&bs->mu);
-    bkey_t *k = bkey_get(bs, key);
+    bkey_t *k = bkey_get(bs, key, tier);
     for (size_t i = 0; k && !rc && i < k->n && n < MAX_BUDGETS; i++)
         if (!k->b[i].seeded)
             rc = budget_clone(&todo[n++], &k->b[i]);
@@ -543,10 +578,11 @@ static void seed(relay_t *r, const relay_key_record_t *key, int64_t now)
                   key->id);
 }
 
-static int needs_seed(struct relay_budgets *bs, const relay_key_record_t *key, int64_t now)
+static int needs_seed(struct relay_budgets *bs, const relay_key_record_t *key, const char *tier,
+                      int64_t now)
 {
     pthread_mutex_lock(&bs->mu);
-    bkey_t *k = bkey_get(bs, key);
+    bkey_t *k = bkey_get(bs, key, tier);
     int need = 0;
     for (size_t i = 0; k && i < k->n; i++) {
         roll(bs, &k->b[i], now);
@@ -687,15 +723,16 @@ static void mirror(bkey_t *k, const limits_budget_op_t *op, const limits_budget_
 
 /* Decides in Redis. *handled 0 when Redis did not answer (decide in process then). */
 static int redis_admit(relay_t *r, relay_limits_redis_t *rd, int64_t lease_ms,
-                       const relay_key_record_t *key, const char *model, double est, int64_t now_ms,
-                       relay_admission_t *out, relay_error_t *err, int *handled)
+                       const relay_key_record_t *key, const char *tier, const char *model,
+                       double est, int64_t now_ms, relay_admission_t *out, relay_error_t *err,
+                       int *handled)
 {
     struct relay_budgets *bs = r->budgets;
     limits_budget_op_t op;
     limits_budget_verdict_t v;
     *handled = 0;
     pthread_mutex_lock(&bs->mu);
-    bkey_t *k = bkey_get(bs, key);
+    bkey_t *k = bkey_get(bs, key, tier);
     if (k)
         build_op(bs, k, model, 0, now_ms / 1000, &op);
     pthread_mutex_unlock(&bs->mu);
@@ -737,7 +774,7 @@ static int redis_admit(relay_t *r, relay_limits_redis_t *rd, int64_t lease_ms,
 }
 
 /* Refreshes the mirror (spend and reservations) of every budget of key from Redis. */
-static void redis_view(relay_t *r, const relay_key_record_t *key, int64_t now)
+static void redis_view(relay_t *r, const relay_key_record_t *key, const char *tier, int64_t now)
 {
     struct relay_budgets *bs = r->budgets;
     int64_t lease;
@@ -747,7 +784,7 @@ static void redis_view(relay_t *r, const relay_key_record_t *key, int64_t now)
     limits_budget_op_t op;
     limits_budget_verdict_t v;
     pthread_mutex_lock(&bs->mu);
-    bkey_t *k = bkey_get(bs, key);
+    bkey_t *k = bkey_get(bs, key, tier);
     op.n = 0;
     if (k)
         build_op(bs, k, NULL, 1, now, &op);
@@ -770,28 +807,28 @@ static void redis_view(relay_t *r, const relay_key_record_t *key, int64_t now)
     pthread_mutex_unlock(&bs->mu);
 }
 
-int budgets_admit(relay_t *r, const relay_key_record_t *key, const char *model, double estimate,
-                  int64_t now_ms, relay_admission_t *out, relay_error_t *err)
+int budgets_admit(relay_t *r, const relay_key_record_t *key, const char *tier, const char *model,
+                  double estimate, int64_t now_ms, relay_admission_t *out, relay_error_t *err)
 {
     struct relay_budgets *bs = r->budgets;
     relay_strlcpy(out->model, model ? model : "", sizeof out->model);
-    if (!bs || !key->cost_limits)
+    if (!bs || (!key->cost_limits && !tier))
         return 0;
     int64_t now = now_ms / 1000;
-    if (needs_seed(bs, key, now))
-        seed(r, key, now);
+    if (needs_seed(bs, key, tier, now))
+        seed(r, key, tier, now);
     int64_t lease;
     relay_limits_redis_t *rd = relay_limits_redis_up(r, &lease);
     if (rd) {
         int handled,
-            rc = redis_admit(r, rd, lease, key, model, estimate, now_ms, out, err, &handled);
+            rc = redis_admit(r, rd, lease, key, tier, model, estimate, now_ms, out, err, &handled);
         if (handled)
             return rc;
         relay_limits_count_budget_fallback(r);
     }
     verdict_t v;
     pthread_mutex_lock(&bs->mu);
-    bkey_t *k = bkey_get(bs, key);
+    bkey_t *k = bkey_get(bs, key, tier);
     int refused = 0;
     if (k) {
         for (size_t i = 0; i < k->n; i++)
@@ -865,14 +902,18 @@ int relay_budgets_view(relay_t *r, const relay_key_record_t *key, relay_budget_v
     *out = NULL;
     *n = 0;
     struct relay_budgets *bs = r->budgets;
-    if (!bs || !key || !key->cost_limits)
+    if (!bs || !key)
+        return 0;
+    relay_tier_def_t def;
+    const char *tier = tier_text_of(r, key, &def);
+    if (!key->cost_limits && !tier)
         return 0;
     int64_t now = relay_limits_now_ms(r) / 1000;
-    if (needs_seed(bs, key, now))
-        seed(r, key, now);
-    redis_view(r, key, now);
+    if (needs_seed(bs, key, tier, now))
+        seed(r, key, tier, now);
+    redis_view(r, key, tier, now);
     pthread_mutex_lock(&bs->mu);
-    bkey_t *k = bkey_get(bs, key);
+    bkey_t *k = bkey_get(bs, key, tier);
     relay_budget_view_t *v = k && k->n ? calloc(k->n, sizeof *v) : NULL;
     for (size_t i = 0; v && i < k->n; i++) {
         budget_t *b = &k->b[i];
@@ -958,6 +999,7 @@ void relay_budgets_stop(relay_t *r)
             next = k->next;
             budgets_free(k->b, k->n);
             free(k->defs_text);
+            free(k->tier_text);
             free(k);
         }
     relay_tz_free(bs->tz);

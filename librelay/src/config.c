@@ -1521,9 +1521,9 @@ static const field_t ROOT[] = {
 /* ---- after the walk: settings that depend on each other ---- */
 
 static const relay_tier_def_t DEFAULT_TIERS[] = {
-    {"basic", 100, 60, 0, 0},
-    {"premium", 1000, 60, 0, 0},
-    {"unlimited", -1, 60, 0, 0},
+    {"basic", 100, 60, 0, 0, ""},
+    {"premium", 1000, 60, 0, 0, ""},
+    {"unlimited", -1, 60, 0, 0, ""},
 };
 
 static relay_tier_def_t *tier_find(ctx_t *x, const char *name)

@@ -775,14 +775,15 @@ static double cost_estimate(relay_t *r, const relay_admit_request_t *req)
 }
 
 /* Cost budgets go first: a spent budget refuses before a rate-limit slot is taken. */
-static int admit_budgets(relay_t *r, const relay_admit_request_t *req, int64_t now_ms,
-                         relay_admission_t *out, relay_error_t *err)
+static int admit_budgets(relay_t *r, const relay_admit_request_t *req, const relay_tier_def_t *def,
+                         int64_t now_ms, relay_admission_t *out, relay_error_t *err)
 {
-    if (!req->consumes_quota || !req->key->cost_limits) {
+    const char *tier = def->cost_limits[0] ? def->cost_limits : NULL;
+    if (!req->consumes_quota || (!req->key->cost_limits && !tier)) {
         relay_strlcpy(out->model, req->model ? req->model : "", sizeof out->model);
         return 0;
     }
-    int rc = budgets_admit(r, req->key, req->model, cost_estimate(r, req), now_ms, out, err);
+    int rc = budgets_admit(r, req->key, tier, req->model, cost_estimate(r, req), now_ms, out, err);
     if (rc) {
         pthread_mutex_lock(&r->limits->mu);
         r->limits->st.refused_budget++;
@@ -810,7 +811,7 @@ int relay_limits_admit(relay_t *r, const relay_admit_request_t *req, relay_admis
     limits_verdict_t v;
     int backend;
     fill_take(r, req, &def, out->id, &t);
-    if ((rc = admit_budgets(r, req, t.now_ms, out, err)) != 0)
+    if ((rc = admit_budgets(r, req, &def, t.now_ms, out, err)) != 0)
         return rc;
     rc = take(r, &t, &v, &backend);
     if (rc || v.reason != LIMIT_OK)

@@ -109,8 +109,7 @@ typedef struct limits_budget_verdict {
 int limits_redis_budget_admit(relay_limits_redis_t *rd, const limits_budget_op_t *op, int take,
                               limits_budget_verdict_t *v);
 /* Replaces op.member's reservation with cost. < 0 when it did not reach Redis (not queued). */
-int limits_redis_budget_settle(relay_limits_redis_t *rd, const limits_budget_op_t *op,
-                               double cost);
+int limits_redis_budget_settle(relay_limits_redis_t *rd, const limits_budget_op_t *op, double cost);
 /* The shared limiter when configured and up, else NULL; with lease_ms for its reservations. */
 relay_limits_redis_t *relay_limits_redis_up(relay_t *r, int64_t *lease_ms);
 /* Counts a budget decision taken in process because Redis did not answer. */

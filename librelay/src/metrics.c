@@ -621,15 +621,19 @@ void relay_metrics_forward_begin(relay_t *r, int stream)
         relay_metrics_add(r->metrics->fam.active_streams, NULL, 1);
 }
 
+/* One live read of the key's budgets serves the ratio gauge and the budget alerts. */
 static void observe_budgets(relay_t *r, const relay_key_record_t *key, const char *label)
 {
     relay_budget_view_t *v;
     size_t n;
-    if (!key->cost_limits || relay_budgets_view(r, key, &v, &n) != 0)
+    if (relay_budgets_view(r, key, &v, &n) != 0)
         return;
-    for (size_t i = 0; i < n; i++)
-        relay_metrics_set(r->metrics->fam.budget_ratio, L(label, v[i].period, v[i].models),
-                          v[i].limit > 0 ? v[i].spent / v[i].limit : 1.0);
+    for (size_t i = 0; i < n; i++) {
+        if (label)
+            relay_metrics_set(r->metrics->fam.budget_ratio, L(label, v[i].period, v[i].models),
+                              v[i].limit > 0 ? v[i].spent / v[i].limit : 1.0);
+        relay_maintenance_budget_check(r, key, &v[i]);
+    }
     free(v);
 }
 
@@ -649,8 +653,7 @@ static void observe_tokens(relay_t *r, const relay_key_record_t *key, const rela
                  {"cache_read", u->cache_read_input_tokens}};
     for (size_t i = 0; i < 4; i++)
         relay_metrics_add(fam->tokens, L(kinds[i].type, label), (double)kinds[i].n);
-    if (mode != RELAY_METRICS_KEY_OFF)
-        observe_budgets(r, key, label);
+    observe_budgets(r, key, mode != RELAY_METRICS_KEY_OFF ? label : NULL);
     if (key->token_limit <= 0)
         return;
     /* One live quota read serves the ratio gauge and the alert check. */

@@ -143,9 +143,9 @@ void relay_options_init(relay_options_t *o)
 }
 
 static const relay_tier_def_t DEFAULT_TIERS[] = {
-    {"basic", 100, 60, 0, 0},
-    {"premium", 1000, 60, 0, 0},
-    {"unlimited", -1, 60, 0, 0},
+    {"basic", 100, 60, 0, 0, ""},
+    {"premium", 1000, 60, 0, 0, ""},
+    {"unlimited", -1, 60, 0, 0, ""},
 };
 
 /* Copies every string option so the host's need only live until relay_new returns. */

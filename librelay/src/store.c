@@ -1307,6 +1307,7 @@ static int tier_row(void *ud, const relay_sql_row_t *row)
     t->period_s = q->drv->col_int(row, 2);
     t->tokens_per_minute = q->drv->col_int(row, 3);
     t->concurrent = q->drv->col_int(row, 4);
+    copy_text(t->cost_limits, sizeof t->cost_limits, q->drv->col_text(row, 5));
     return 0;
 }
 
@@ -1315,8 +1316,8 @@ static int op_tier_list(relay_store_t *s, relay_store_conn_t *c, void *arg, rela
     tier_list_t *q = arg;
     q->v.n = 0;
     return s->drv->exec(c,
-                        "SELECT name, requests, period_s, tokens_per_minute, concurrent "
-                        "FROM rate_limit_tiers ORDER BY name",
+                        "SELECT name, requests, period_s, tokens_per_minute, concurrent, "
+                        "cost_limits FROM rate_limit_tiers ORDER BY name",
                         NULL, 0, tier_row, q, NULL, err);
 }
 
@@ -1340,17 +1341,18 @@ int relay_store_tier_list(relay_store_t *s, relay_tier_def_t **out, size_t *n)
 static int op_tier_upsert(relay_store_t *s, relay_store_conn_t *c, void *arg, relay_error_t *err)
 {
     const relay_tier_def_t *t = arg;
-    relay_sql_val_t p[] = {V_TEXT(t->name),      V_INT(t->requests),
-                           V_INT(t->period_s),   V_INT(t->tokens_per_minute),
-                           V_INT(t->concurrent), V_INT(relay_now())};
+    relay_sql_val_t p[] = {
+        V_TEXT(t->name),      V_INT(t->requests), V_INT(t->period_s),   V_INT(t->tokens_per_minute),
+        V_INT(t->concurrent), V_INT(relay_now()), V_OPT(t->cost_limits)};
     return s->drv->exec(
         c,
         "INSERT INTO rate_limit_tiers (name, requests, period_s, tokens_per_minute, "
-        "concurrent, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $6) "
-        "ON CONFLICT (name) DO UPDATE SET requests = excluded.requests, "
+        "concurrent, created_at, updated_at, cost_limits) VALUES ($1, $2, $3, $4, $5, $6, $6, "
+        "$7) ON CONFLICT (name) DO UPDATE SET requests = excluded.requests, "
         "period_s = excluded.period_s, tokens_per_minute = excluded.tokens_per_minute, "
-        "concurrent = excluded.concurrent, updated_at = excluded.updated_at",
-        p, 6, NULL, NULL, NULL, err);
+        "concurrent = excluded.concurrent, updated_at = excluded.updated_at, "
+        "cost_limits = excluded.cost_limits",
+        p, 7, NULL, NULL, NULL, err);
 }
 
 int relay_store_tier_upsert(relay_store_t *s, const relay_tier_def_t *tier)

@@ -20,6 +20,7 @@
 #include "relay/keys.h"
 #include "relay/limits.h"
 #include "relay/pricing.h"
+#include "relay/tiers.h"
 #include "relay/usage.h"
 #include "testdb.h"
 #include "testlimits.h"
@@ -434,6 +435,57 @@ static void test_two_instances_share_through_redis(void **state)
     relay_free(r1);
 }
 
+static void test_tier_defaults_inherited(void **state)
+{
+    (void)state;
+    relay_t *r = new_relay();
+    relay_tier_def_t t = {.name = "team", .requests = -1, .period_s = 60};
+    relay_strlcpy(t.cost_limits, "{\"daily_cost_limit\":0.05}", sizeof t.cost_limits);
+    relay_error_t err = {0};
+    assert_int_equal(relay_tiers_set(r, &t, &err), 0);
+    relay_strlcpy(t.cost_limits, "{\"daily_cost_limit\":-1}", sizeof t.cost_limits);
+    assert_int_equal(relay_tiers_set(r, &t, &err), RELAY_ERR_INVALID);
+    assert_non_null(strstr(err.message, "daily_cost_limit: expected a non-negative"));
+    /* A key of the tier with no budgets of its own has the tier's... */
+    relay_key_params_t p;
+    relay_key_params_init(&p);
+    p.name = "inherits";
+    p.tier = "team";
+    p.token_limit = 0;
+    char key[RELAY_KEY_MAX];
+    relay_key_record_t k;
+    assert_int_equal(relay_keys_create(r, &p, key, sizeof key, &k, &err), 0);
+    relay_admission_t a;
+    int code;
+    assert_int_equal(spend_until_refused(r, &k, SONNET, &a, &err, &code), 2);
+    assert_int_equal(code, RELAY_ERR_RATE_LIMITED);
+    /* ... and its own value replaces the tier's, while the tier's others still apply. */
+    relay_strlcpy(t.cost_limits, "{\"daily_cost_limit\":0.05,\"cost_limit\":0.2}",
+                  sizeof t.cost_limits);
+    assert_int_equal(relay_tiers_set(r, &t, &err), 0);
+    relay_key_update_t u = {.set = RELAY_KEY_SET_COST_LIMITS,
+                            .cost_limits = "{\"daily_cost_limit\":1}"};
+    relay_key_record_t k2;
+    assert_int_equal(relay_keys_update(r, k.id, &u, &k2, &err), 0);
+    relay_budget_view_t *v;
+    size_t n;
+    assert_int_equal(relay_budgets_view(r, &k2, &v, &n), 0);
+    assert_int_equal(n, 2);
+    assert_string_equal(v[0].period, "total");
+    assert_true(fabs(v[0].limit - 0.2) < 1e-12);
+    assert_string_equal(v[1].period, "daily");
+    assert_true(fabs(v[1].limit - 1) < 1e-12);
+    assert_true(fabs(v[1].spent - 2 * EST) < 1e-9); /* the spend stayed with the period */
+    free(v);
+    /* The new lifetime budget read its spend from the store, which holds no rows here (these
+       requests settle without a usage row): all of 0.2 is left, 11 requests of 0.018. */
+    assert_int_equal(spend_until_refused(r, &k2, SONNET, &a, &err, &code), 11);
+    assert_int_equal(code, RELAY_ERR_QUOTA);
+    relay_key_record_clear(&k);
+    relay_key_record_clear(&k2);
+    relay_free(r);
+}
+
 static void expect_invalid(const char *json, const char *msg)
 {
     relay_error_t err = {0};
@@ -506,6 +558,7 @@ int main(int argc, char **argv)
         T(test_validation_names_field),
         T(test_time_zone_periods),
         T(test_two_instances_share_through_redis),
+        T(test_tier_defaults_inherited),
     };
     int failed = cmocka_run_group_tests_name(testdb_backend(), tests, NULL, NULL);
     /* The same again with the budgets shared through Redis, when there is one. */

@@ -159,6 +159,33 @@ class BudgetTest(BudgetBase):
         self.assertEqual(js["budgets"], [])
         self.assertEqual(self.send(key).status, 200)
 
+    def test_budget_alert_fires_once_per_threshold(self):
+        self.fake.set_usage(input_tokens=1, output_tokens=1000)
+        key, obj = self.new_key(daily_cost_limit=0.05)
+        for _ in range(3):  # $0.045: 90 % of the day's budget
+            self.assertEqual(self.send(key).status, 200)
+        line = self.relay.wait_for_log(
+            lambda l: '"budget.alert"' in l and obj["id"] in l and '"threshold":0.8' in l)
+        self.assertIn('"period":"daily"', line)
+        self.assertNotIn('"threshold":1', line)
+
+    def test_tier_defaults(self):
+        tier = self.admin("PUT", "/admin/rate-limit-tiers/budgeted",
+                          {"requests": -1, "period": 60, "daily_cost_limit": 0.02})
+        self.assertEqual(tier["daily_cost_limit"], 0.02)
+        # A PUT without budget fields keeps the tier's defaults.
+        tier = self.admin("PUT", "/admin/rate-limit-tiers/budgeted",
+                          {"requests": 1000, "period": 60})
+        self.assertEqual(tier["daily_cost_limit"], 0.02)
+        self.fake.set_usage(input_tokens=1, output_tokens=1000)
+        key, obj = self.relay.create_key(rate_limit_tier="budgeted", token_limit=0)
+        self.assertIsNone(obj["daily_cost_limit"])  # the key's own field
+        self.assertEqual(self.budget(obj, "daily")["limit"], 0.02)  # the budget in force
+        self.assertEqual(self.send(key).status, 200)
+        r = self.send(key)
+        self.assertEqual(r.status, 429, r.body)
+        self.assertIn("daily cost budget", r.json()["error"]["message"])
+
     def test_bad_input_names_the_field(self):
         cases = [
             ({"daily_cost_limit": -1}, "daily_cost_limit: expected a non-negative number"),

@@ -731,9 +731,9 @@ static void test_usage_prune(void **state)
 static void test_tiers(void **state)
 {
     (void)state;
-    relay_tier_def_t basic = {"basic", 100, 60, 0, 0};
-    relay_tier_def_t premium = {"premium", 1000, 60, 50000, 4};
-    relay_tier_def_t unlimited = {"unlimited", -1, 60, 0, 0};
+    relay_tier_def_t basic = {"basic", 100, 60, 0, 0, ""};
+    relay_tier_def_t premium = {"premium", 1000, 60, 50000, 4, ""};
+    relay_tier_def_t unlimited = {"unlimited", -1, 60, 0, 0, ""};
     assert_int_equal(relay_store_tier_upsert(S, &premium), 0);
     assert_int_equal(relay_store_tier_upsert(S, &basic), 0);
     assert_int_equal(relay_store_tier_upsert(S, &unlimited), 0);
@@ -761,7 +761,7 @@ static void test_tiers(void **state)
     assert_int_equal(t[0].period_s, 10);
     free(t);
 
-    relay_tier_def_t bad = {"bad", 1, 0, 0, 0}; /* CHECK (period_s > 0) */
+    relay_tier_def_t bad = {"bad", 1, 0, 0, 0, ""}; /* CHECK (period_s > 0) */
     assert_int_equal(relay_store_tier_upsert(S, &bad), RELAY_ERR_INVALID);
 }
 

@@ -100,6 +100,9 @@ typedef struct relay_tier_def {
     int64_t period_s;          /* window length in seconds (> 0) */
     int64_t tokens_per_minute; /* 0: no token rate limit */
     int64_t concurrent;        /* 0: no concurrency limit */
+    /* "" none, else a JSON object of cost budgets (relay/budgets.h) every key of the tier has
+       for the budget fields it does not set itself */
+    char cost_limits[2048];
 } relay_tier_def_t;
 
 /* One row of the price table: USD per million tokens, matched by model-name prefix. */
