@@ -637,6 +637,8 @@ static int refuse(const verdict_t *v, double est, int64_t now, relay_admission_t
 {
     const budget_t *b = &v->refused;
     relay_strlcpy(out->reason, "budget", sizeof out->reason);
+    out->requests_limit = -1; /* no request-window headers: the window was not consulted */
+    out->tokens_limit = 0;
     char reset[32] = "";
     if (b->end)
         relay_iso8601(b->end, reset, sizeof reset);
@@ -896,8 +898,8 @@ void budgets_settle(relay_t *r, relay_admission_t *a, double cost, int64_t now_m
 
 /* ---- views ---- */
 
-int relay_budgets_view(relay_t *r, const relay_key_record_t *key, relay_budget_view_t **out,
-                       size_t *n)
+static int view(relay_t *r, const relay_key_record_t *key, int ask_redis, relay_budget_view_t **out,
+                size_t *n)
 {
     *out = NULL;
     *n = 0;
@@ -911,7 +913,8 @@ int relay_budgets_view(relay_t *r, const relay_key_record_t *key, relay_budget_v
     int64_t now = relay_limits_now_ms(r) / 1000;
     if (needs_seed(bs, key, tier, now))
         seed(r, key, tier, now);
-    redis_view(r, key, tier, now);
+    if (ask_redis)
+        redis_view(r, key, tier, now);
     pthread_mutex_lock(&bs->mu);
     bkey_t *k = bkey_get(bs, key, tier);
     relay_budget_view_t *v = k && k->n ? calloc(k->n, sizeof *v) : NULL;
@@ -936,6 +939,18 @@ int relay_budgets_view(relay_t *r, const relay_key_record_t *key, relay_budget_v
 }
 
 /* Nano-dollars: float noise gone, every digit a usage log's total_cost has kept. */
+int relay_budgets_view(relay_t *r, const relay_key_record_t *key, relay_budget_view_t **out,
+                       size_t *n)
+{
+    return view(r, key, 1, out, n);
+}
+
+int budgets_view_local(relay_t *r, const relay_key_record_t *key, relay_budget_view_t **out,
+                       size_t *n)
+{
+    return view(r, key, 0, out, n);
+}
+
 static double usd_round(double usd)
 {
     return round(usd * 1e9) / 1e9;

@@ -19,6 +19,10 @@ void relay_budgets_stop(relay_t *r);
  */
 int budgets_admit(relay_t *r, const relay_key_record_t *key, const char *tier, const char *model,
                   double estimate, int64_t now_ms, relay_admission_t *out, relay_error_t *err);
+/* relay_budgets_view from this instance's mirror only (no Redis call): for metrics and alerts
+   on the request path. */
+int budgets_view_local(relay_t *r, const relay_key_record_t *key, relay_budget_view_t **out,
+                       size_t *n);
 /* Gives back a reservation of an admission that another limit then refused. */
 void budgets_release(relay_t *r, relay_admission_t *a, int64_t now_ms);
 /* Replaces the reservation with the real cost (also for admissions that reserved nothing). */

@@ -840,8 +840,14 @@ int relay_limits_admit(relay_t *r, const relay_admit_request_t *req, relay_admis
 
 void relay_limits_settle(relay_t *r, relay_admission_t *a, int64_t billed)
 {
-    if (a)
-        relay_limits_settle_cost(r, a, billed, a->cost_reserved);
+    if (!a)
+        return;
+    /* Without the real cost, charge the reservation's cost per reserved token: nothing for a
+       request the upstream did not bill, about the estimate for one that used its reservation. */
+    double cost = a->reserved_tokens > 0 && billed > 0
+                      ? a->cost_reserved * (double)billed / (double)a->reserved_tokens
+                      : 0;
+    relay_limits_settle_cost(r, a, billed, cost);
 }
 
 void relay_limits_settle_cost(relay_t *r, relay_admission_t *a, int64_t billed, double cost)

@@ -11,6 +11,7 @@
 #include "forward_internal.h"
 #include "internal.h"
 #include "maintenance_internal.h"
+#include "budgets_internal.h"
 #include "metrics_internal.h"
 #include "relay/keys.h"
 #include "relay/budgets.h"
@@ -621,12 +622,13 @@ void relay_metrics_forward_begin(relay_t *r, int stream)
         relay_metrics_add(r->metrics->fam.active_streams, NULL, 1);
 }
 
-/* One live read of the key's budgets serves the ratio gauge and the budget alerts. */
+/* One read of the key's budgets (this instance's mirror: no Redis call on the request path)
+ * serves the ratio gauge and the budget alerts. */
 static void observe_budgets(relay_t *r, const relay_key_record_t *key, const char *label)
 {
     relay_budget_view_t *v;
     size_t n;
-    if (relay_budgets_view(r, key, &v, &n) != 0)
+    if (budgets_view_local(r, key, &v, &n) != 0)
         return;
     for (size_t i = 0; i < n; i++) {
         if (label)

@@ -435,6 +435,28 @@ static void test_two_instances_share_through_redis(void **state)
     relay_free(r1);
 }
 
+static void test_redis_down_decides_in_process(void **state)
+{
+    (void)state;
+    char saved[sizeof g_redis_url];
+    memcpy(saved, g_redis_url, sizeof saved);
+    /* Nothing listens on port 1: Redis is down from the start, as after an outage. */
+    relay_strlcpy(g_redis_url, "redis://127.0.0.1:1", sizeof g_redis_url);
+    period_case("{\"daily_cost_limit\":0.1}", at(1, 0, 0), RELAY_ERR_RATE_LIMITED);
+    relay_t *r = new_relay();
+    relay_key_record_t k;
+    create_key(r, "{\"daily_cost_limit\":0.1}", &k);
+    relay_admission_t a;
+    relay_error_t err;
+    assert_int_equal(request(r, &k, SONNET, EST, &a, &err), 0);
+    relay_limits_stats_t st;
+    relay_limits_get_stats(r, &st);
+    assert_int_equal(st.redis_up, 0);
+    relay_key_record_clear(&k);
+    relay_free(r);
+    memcpy(g_redis_url, saved, sizeof saved);
+}
+
 static void test_tier_defaults_inherited(void **state)
 {
     (void)state;
@@ -559,6 +581,7 @@ int main(int argc, char **argv)
         T(test_time_zone_periods),
         T(test_two_instances_share_through_redis),
         T(test_tier_defaults_inherited),
+        T(test_redis_down_decides_in_process),
     };
     int failed = cmocka_run_group_tests_name(testdb_backend(), tests, NULL, NULL);
     /* The same again with the budgets shared through Redis, when there is one. */

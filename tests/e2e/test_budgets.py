@@ -107,6 +107,8 @@ class BudgetTest(BudgetBase):
         now = datetime.datetime.now(datetime.timezone.utc).timestamp()
         self.assertLessEqual(abs(retry - (midnight - now)), 5)
         self.assertIsNone(r.header("x-should-retry"))
+        # The request window was not consulted: no made-up anthropic-ratelimit-requests-*.
+        self.assertIsNone(r.header("anthropic-ratelimit-requests-reset"))
         self.assertEqual(len(self.fake.requests()), n_ok, "a refused request reached upstream")
         cost, _ = self.logged_cost(obj["id"], n_ok + 1)
         q = self.budget(self.quota(key), "daily")

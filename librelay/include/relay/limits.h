@@ -109,8 +109,9 @@ RELAY_API void relay_limits_settle(relay_t *r, relay_admission_t *adm, int64_t b
 
 /*
  * relay_limits_settle plus the request's real cost in USD (relay_usage_cost), which replaces the
- * cost reserved in the key's budgets. relay_limits_settle alone charges the budgets the reserved
- * (worst-case) cost instead, so a host that knows the cost should call this one.
+ * cost reserved in the key's budgets. relay_limits_settle alone charges the budgets an
+ * approximation instead (the reserved cost scaled by billed / reserved tokens: 0 when nothing was
+ * billed), so a host that knows the cost should call this one.
  */
 RELAY_API void relay_limits_settle_cost(relay_t *r, relay_admission_t *adm, int64_t billed_tokens,
                                         double cost_usd);
