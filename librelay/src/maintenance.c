@@ -194,9 +194,10 @@ static int record_alert(relay_t *r, const alert_t *a)
     snprintf(name, sizeof name, "alert.quota.%s.%d", a->key_id, (int)lround(a->threshold * 100));
     snprintf(want, sizeof want, "%lld", (long long)a->limit);
     if (a->budget[0]) { /* one record per budget and period; the value is the limit */
-        snprintf(name, sizeof name, "alert.budget.%s.%s.%lld.%08llx.%d", a->key_id, a->budget,
-                 (long long)a->resets_at,
-                 (unsigned long long)(fingerprint(a->models, 0, 0) & 0xffffffffu),
+        uint8_t h[32];
+        relay_sha256(a->models, strlen(a->models), h);
+        snprintf(name, sizeof name, "alert.budget.%s.%s.%lld.%02x%02x%02x%02x.%d", a->key_id,
+                 a->budget, (long long)a->resets_at, h[0], h[1], h[2], h[3],
                  (int)lround(a->threshold * 100));
         snprintf(want, sizeof want, "%.9g", a->usd_limit);
     }
