@@ -32,7 +32,8 @@ typedef struct budget {
     size_t n_patterns;
     int64_t start, end; /* current period [start, end), Unix seconds; total: 0, 0 */
     double spent, reserved;
-    int seeded; /* spent includes the store's spend of this period */
+    double pending; /* in spent, but its Redis settle has not returned yet: not a seed */
+    int seeded;     /* spent includes the store's spend of this period */
 } budget_t;
 
 typedef struct bkey {
@@ -327,6 +328,7 @@ static void roll(const struct relay_budgets *bs, budget_t *b, int64_t now)
     int was_known = b->end != 0 && now >= b->end;
     period_bounds(bs, b->period, now, &b->start, &b->end);
     b->spent = 0;
+    b->pending = 0;
     /* A period this relay saw begin has no older spend in the store; a first look (start,
        restart, or a clock moved back by a test) must read it. */
     b->seeded = was_known;
@@ -398,6 +400,7 @@ static int bkey_sync(bkey_t *k, const char *text, const char *tier)
                 nb[i].end = k->b[j].end;
                 nb[i].spent = k->b[j].spent;
                 nb[i].reserved = k->b[j].reserved;
+                nb[i].pending = k->b[j].pending;
                 nb[i].seeded = k->b[j].seeded;
             }
     budgets_free(k->b, k->n);
@@ -694,7 +697,8 @@ static void build_op(const struct relay_budgets *bs, bkey_t *k, const char *mode
         budget_id(b, op->b[op->n].bid);
         op->b[op->n].start = b->start;
         op->b[op->n].limit = b->limit;
-        op->b[op->n].seed = b->spent;
+        /* The seed never holds a cost whose own settle may still add it to Redis. */
+        op->b[op->n].seed = b->spent > b->pending ? b->spent - b->pending : 0;
         /* A period's spend outlives its end by a day (a late settle); lifetime by 400 days idle */
         op->b[op->n].ttl_s = b->end ? b->end - now + 86400 : 400 * 86400;
         op->n++;
@@ -854,32 +858,56 @@ int budgets_admit(relay_t *r, const relay_key_record_t *key, const char *tier, c
  * The Redis seed is each budget's mirror *before* this cost, taken in the same critical section
  * that adds it: so neither the mirror nor Redis ever counts one request twice.
  */
+/* The settle in Redis has returned (or failed): its cost may now be part of a seed. */
+static void redis_settled(struct relay_budgets *bs, const char *key_id,
+                          const limits_budget_op_t *op, double cost)
+{
+    pthread_mutex_lock(&bs->mu);
+    bkey_t *k = bkey_find(bs, key_id);
+    for (int i = 0; k && i < op->n; i++) {
+        budget_t *b = op_budget(k, op, i); /* NULL after a period change: pending was reset */
+        if (b)
+            b->pending = b->pending > cost ? b->pending - cost : 0;
+    }
+    pthread_mutex_unlock(&bs->mu);
+}
+
+/*
+ * Takes the reservation back and adds cost, in the mirror and (for a Redis admission) in Redis.
+ * Until Redis has it, the cost is also "pending" in the mirror and left out of every seed sent
+ * to Redis, so no request is ever counted twice there; a settle that fails leaves it in the
+ * mirror, and the next seed makes it good.
+ */
 static void apply(relay_t *r, relay_admission_t *a, double cost, int64_t now_ms)
 {
     struct relay_budgets *bs = r->budgets;
     if (!bs)
         return;
+    const char *model = a->model[0] ? a->model : NULL;
+    int64_t lease;
+    relay_limits_redis_t *rd = a->budget_redis ? relay_limits_redis_up(r, &lease) : NULL;
     limits_budget_op_t op;
     op.n = 0;
     pthread_mutex_lock(&bs->mu);
     bkey_t *k = bkey_find(bs, a->key_id);
-    if (k && a->budget_redis)
-        build_op(bs, k, a->model[0] ? a->model : NULL, 0, now_ms / 1000, &op);
+    if (k && rd)
+        build_op(bs, k, model, 0, now_ms / 1000, &op);
     for (size_t i = 0; k && i < k->n; i++) {
         budget_t *b = &k->b[i];
-        if (!applies(b, a->model[0] ? a->model : NULL))
+        if (!applies(b, model))
             continue;
         roll(bs, b, now_ms / 1000);
         if (a->budget_held)
             b->reserved = b->reserved > a->cost_reserved ? b->reserved - a->cost_reserved : 0;
         b->spent += cost;
+        if (op.n)
+            b->pending += cost;
     }
     pthread_mutex_unlock(&bs->mu);
-    int64_t lease;
-    relay_limits_redis_t *rd = a->budget_redis ? relay_limits_redis_up(r, &lease) : NULL;
-    if (rd && op.n) { /* when Redis is away the reservation ends with its lease */
+    if (op.n) { /* when Redis is away the reservation ends with its lease */
         snprintf(op.member, sizeof op.member, "%s:%.17g", a->id, a->cost_reserved);
         limits_redis_budget_settle(rd, &op, cost);
+        redis_settled(bs, a->key_id, &op, cost);
     }
     a->budget_held = 0;
     a->budget_redis = 0;

@@ -106,9 +106,10 @@ static const char SETTLE_LUA[] =
  * still finds its reservation). ARGV: now_ms lease_ms member estimate take, then per budget
  * limit seed ttl_s. Mirrors decide() in budgets.c: every budget's "full" check, then every
  * "busy" check, and only when all pass the reservation in each. seed is this instance's mirror
- * of the spend (the store's spend when it first looked, plus what it settled since, never above
- * the true spend), so spent = max(Redis, seed) is never above the truth either, and a settle
- * that could not reach Redis, or Redis losing its data, is made good by the next admit.
+ * of the spend (the store's spend when it first looked, plus what it settled since) less the
+ * costs whose own settle script has not returned yet: it never holds a cost that Redis has not
+ * counted and may still count, so spent = max(Redis, seed) never counts a request twice, and a
+ * settle that could not reach Redis, or Redis losing its data, is made good by the next admit.
  * Returns {verdict (0 ok, 1 full, 2 busy), index (1-based), spent_1, reserved_1, ...}.
  */
 static const char BUDGET_ADMIT_LUA[] =
