@@ -15,9 +15,11 @@ typedef struct relay_tz relay_tz_t;
  */
 int relay_tz_load(relay_tz_t **out, const char *name, relay_error_t *err);
 void relay_tz_free(relay_tz_t *tz);
-/* Seconds east of UTC at instant t (Unix seconds). After the file's last transition (2037 in
- * "fat" files) the last offset holds. */
+/* Seconds east of UTC at instant t (Unix seconds). After the file's last transition the file's
+ * footer rule applies (POSIX TZ, e.g. "CET-1CEST,M3.5.0,M10.5.0/3"), as for "slim" files. */
 int32_t relay_tz_offset(const relay_tz_t *tz, int64_t t);
+/* A zone made of a POSIX TZ rule alone (tests compare it with the transition table). */
+int relay_tz_from_rule(relay_tz_t **out, const char *rule);
 /* The instant whose local wall-clock time is `local` (seconds since 1970-01-01 00:00 local). */
 int64_t relay_tz_to_utc(const relay_tz_t *tz, int64_t local);
 
