@@ -85,7 +85,9 @@ class relay_options_t(ctypes.Structure):
         ("reservation_ceiling", _c_int64), ("weight_input", ctypes.c_double),
         ("weight_output", ctypes.c_double), ("weight_cache_creation", ctypes.c_double),
         ("weight_cache_read", ctypes.c_double), ("prices", ctypes.c_void_p),
-        ("n_prices", ctypes.c_size_t), ("usage_queue_max", ctypes.c_size_t),
+        ("n_prices", ctypes.c_size_t), ("price_default", _c_str),
+        ("budget_timezone", _c_str), ("budget_week_start_day", ctypes.c_int),
+        ("budget_week_start_minute", ctypes.c_int), ("usage_queue_max", ctypes.c_size_t),
         ("usage_batch_max", ctypes.c_int), ("usage_flush_ms", ctypes.c_int),
         ("log_retention_days", ctypes.c_int), ("tokenizer_file", _c_str),
         ("log_fn", _LOG_FN), ("log_ud", ctypes.c_void_p), ("log_level", ctypes.c_int),
@@ -96,7 +98,7 @@ class relay_key_params_t(ctypes.Structure):
     _fields_ = [
         ("name", _c_str), ("description", _c_str), ("token_limit", _c_int64), ("tier", _c_str),
         ("expires_at", _c_int64), ("allowed_ips", _c_str), ("allowed_origins", _c_str),
-        ("allowed_models", _c_str), ("metadata", _c_str),
+        ("allowed_models", _c_str), ("metadata", _c_str), ("cost_limits", _c_str),
     ]
 
 
@@ -112,7 +114,7 @@ class relay_key_record_t(ctypes.Structure):
         ("allowed_ips", ctypes.c_void_p), ("allowed_origins", ctypes.c_void_p),
         ("allowed_models", ctypes.c_void_p), ("metadata", ctypes.c_void_p),
         ("expires_at", _c_int64), ("created_at", _c_int64), ("updated_at", _c_int64),
-        ("last_used_at", _c_int64), ("deleted_at", _c_int64),
+        ("last_used_at", _c_int64), ("deleted_at", _c_int64), ("cost_limits", ctypes.c_void_p),
     ]
 
 
@@ -134,6 +136,8 @@ class relay_admission_t(ctypes.Structure):
         ("id", ctypes.c_char * 37), ("key_id", ctypes.c_char * 37), ("tier", ctypes.c_char * 64),
         ("backend", ctypes.c_int), ("settled", ctypes.c_int), ("reserved_tokens", _c_int64),
         ("tpm_charged", _c_int64), ("tpm_second", _c_int64), ("has_slot", ctypes.c_int),
+        ("model", ctypes.c_char * 128), ("cost_reserved", ctypes.c_double),
+        ("budget_held", ctypes.c_int), ("budget_redis", ctypes.c_int),
         ("requests_limit", _c_int64), ("requests_remaining", _c_int64),
         ("requests_reset_ms", _c_int64), ("tokens_limit", _c_int64),
         ("tokens_remaining", _c_int64),

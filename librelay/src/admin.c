@@ -10,6 +10,8 @@
 
 #include "internal.h"
 #include "relay/auth.h"
+#include "relay/budgets.h"
+#include "relay/pricing.h"
 #include "relay/keys.h"
 #include "relay/tiers.h"
 #include "util.h"
@@ -60,19 +62,24 @@ static void reply_page(ctx_t *c, json_t *items, int64_t total, int64_t skip, int
                          (json_int_t)skip, "limit", (json_int_t)limit));
 }
 
-/* The key object as JSON (relay_keys_to_json, re-parsed so fields can be added). */
-static json_t *key_object(const relay_key_record_t *rec)
+/* The key object as JSON (relay_keys_to_json, re-parsed so the live budgets can be added). */
+static json_t *key_object(ctx_t *c, const relay_key_record_t *rec)
 {
     char *s = relay_keys_to_json(rec, relay_now());
     json_t *o = s ? json_loads(s, 0, NULL) : NULL;
     free(s);
+    char *b = o ? relay_budgets_to_json(c->r, rec) : NULL;
+    json_t *bj = b ? json_loads(b, 0, NULL) : NULL;
+    free(b);
+    if (o)
+        json_object_set_new(o, "budgets", bj ? bj : json_array());
     return o;
 }
 
 /* Answers a key object plus the one-time "api_key"; wipes every copy of the key we made. */
 static void reply_key_with_secret(ctx_t *c, const relay_key_record_t *rec, char *key)
 {
-    json_t *o = key_object(rec);
+    json_t *o = key_object(c, rec);
     if (o)
         json_object_set_new(o, "api_key", json_string(key));
     explicit_bzero(key, strlen(key));
@@ -292,8 +299,63 @@ static void h_login(ctx_t *c)
 
 /* ---- api keys ---- */
 
+static const char *const BUDGET_FIELDS[] = {"cost_limit", "daily_cost_limit", "weekly_cost_limit",
+                                            "monthly_cost_limit", "model_cost_limits"};
+
+/* The budget fields the body holds, as one patch object text (NULL when none); 0 or -1 (sent). */
+static int budget_patch(ctx_t *c, json_t *o, char **out)
+{
+    *out = NULL;
+    json_t *p = json_object();
+    for (size_t i = 0; i < sizeof BUDGET_FIELDS / sizeof BUDGET_FIELDS[0]; i++) {
+        json_t *v = json_object_get(o, BUDGET_FIELDS[i]);
+        if (v)
+            json_object_set(p, BUDGET_FIELDS[i], v);
+    }
+    if (json_object_size(p))
+        *out = json_dumps(p, DUMP_FLAGS);
+    json_decref(p);
+    relay_error_t err = {0};
+    if (*out && relay_budgets_validate(*out, &err) != 0) {
+        free(*out);
+        *out = NULL;
+        reply_error(c, RELAY_ERR_INVALID, err.message);
+        return -1;
+    }
+    return 0;
+}
+
+/* A budget set at or below what its period already spent refuses at once: say so. */
+static void add_budget_warnings(ctx_t *c, json_t *o)
+{
+    json_t *w = json_array();
+    size_t i;
+    json_t *b;
+    json_array_foreach(json_object_get(o, "budgets"), i, b)
+    {
+        double limit = json_number_value(json_object_get(b, "limit"));
+        double spent = json_number_value(json_object_get(b, "spent"));
+        if (spent < limit)
+            continue;
+        const char *reset = json_string_value(json_object_get(b, "resets_at"));
+        char msg[512];
+        snprintf(msg, sizeof msg,
+                 "%s budget $%.2f is at or below the $%.4f already spent%s%s: requests are "
+                 "refused %s%s",
+                 json_string_value(json_object_get(b, "period")), limit, spent,
+                 json_is_array(json_object_get(b, "models")) ? " by its models" : "",
+                 reset ? " this period" : "", reset ? "until " : "for good", reset ? reset : "");
+        json_array_append_new(w, json_string(msg));
+    }
+    if (json_array_size(w))
+        json_object_set_new(o, "warnings", w);
+    else
+        json_decref(w);
+    (void)c;
+}
+
 /* Fills the create params from the body (strings borrowed from o, JSON texts into texts[]). */
-static int create_params(ctx_t *c, json_t *o, relay_key_params_t *p, char *texts[4])
+static int create_params(ctx_t *c, json_t *o, relay_key_params_t *p, char *texts[5])
 {
     int present;
     json_t *name = json_object_get(o, "name");
@@ -313,6 +375,9 @@ static int create_params(ctx_t *c, json_t *o, relay_key_params_t *p, char *texts
     p->allowed_origins = texts[1];
     p->allowed_models = texts[2];
     p->metadata = texts[3];
+    if (budget_patch(c, o, &texts[4]))
+        return -1;
+    p->cost_limits = texts[4];
     return 0;
 }
 
@@ -323,7 +388,7 @@ static void h_create(ctx_t *c)
         return;
     relay_key_params_t p;
     relay_key_params_init(&p);
-    char *texts[4] = {0};
+    char *texts[5] = {0};
     if (create_params(c, o, &p, texts) == 0) {
         char key[RELAY_KEY_MAX];
         relay_key_record_t rec;
@@ -339,7 +404,7 @@ static void h_create(ctx_t *c)
             relay_key_record_clear(&rec);
         }
     }
-    for (int i = 0; i < 4; i++)
+    for (int i = 0; i < 5; i++)
         free(texts[i]);
     json_decref(o);
 }
@@ -377,7 +442,7 @@ static void h_list(ctx_t *c)
     }
     json_t *items = json_array();
     for (size_t i = 0; i < n; i++)
-        json_array_append_new(items, key_object(&recs[i]));
+        json_array_append_new(items, key_object(c, &recs[i]));
     relay_key_records_free(recs, n);
     reply_page(c, items, total, skip, limit);
 }
@@ -397,7 +462,7 @@ static void h_get(ctx_t *c)
     relay_key_record_t rec;
     if (get_path_key(c, &rec))
         return;
-    reply_json(c, 200, key_object(&rec));
+    reply_json(c, 200, key_object(c, &rec));
     relay_key_record_clear(&rec);
 }
 
@@ -406,7 +471,7 @@ static void h_stats(ctx_t *c)
     relay_key_record_t rec;
     if (get_path_key(c, &rec))
         return;
-    json_t *o = key_object(&rec);
+    json_t *o = key_object(c, &rec);
     if (o)
         json_object_set_new(o, "is_expired",
                             json_boolean(rec.expires_at && rec.expires_at <= relay_now()));
@@ -426,7 +491,7 @@ static void patch_json(json_t *v, unsigned bit, const char **slot, char **text,
 }
 
 /* Builds the partial update from the body; names of the changed fields go to `fields`. */
-static int patch_params(ctx_t *c, json_t *o, relay_key_update_t *u, char *texts[4])
+static int patch_params(ctx_t *c, json_t *o, relay_key_update_t *u, char *texts[5])
 {
     int present;
     int64_t exp;
@@ -465,6 +530,12 @@ static int patch_params(ctx_t *c, json_t *o, relay_key_update_t *u, char *texts[
     patch_json(json_object_get(o, "allowed_models"), RELAY_KEY_SET_ALLOWED_MODELS,
                &u->allowed_models, &texts[2], u);
     patch_json(json_object_get(o, "metadata"), RELAY_KEY_SET_METADATA, &u->metadata, &texts[3], u);
+    if (budget_patch(c, o, &texts[4]))
+        return -1;
+    if (texts[4]) {
+        u->set |= RELAY_KEY_SET_COST_LIMITS;
+        u->cost_limits = texts[4];
+    }
     return 0;
 }
 
@@ -473,7 +544,7 @@ static json_t *changed_fields(unsigned set)
 {
     static const char *names[] = {"name",       "description", "token_limit",     "rate_limit_tier",
                                   "expires_at", "allowed_ips", "allowed_origins", "allowed_models",
-                                  "metadata",   "is_active"};
+                                  "metadata",   "is_active",   "cost_limits"};
     json_t *a = json_array();
     for (unsigned i = 0; i < sizeof names / sizeof names[0]; i++)
         if (set & (1u << i))
@@ -487,7 +558,7 @@ static void h_patch(ctx_t *c)
     if (!o)
         return;
     relay_key_update_t u = {0};
-    char *texts[4] = {0};
+    char *texts[5] = {0};
     if (patch_params(c, o, &u, texts) == 0) {
         relay_key_record_t rec;
         relay_error_t err = {0};
@@ -496,11 +567,14 @@ static void h_patch(ctx_t *c)
             reply_error(c, rc, err.message);
         } else {
             audit(c, "api_key.update", rec.id, changed_fields(u.set));
-            reply_json(c, 200, key_object(&rec));
+            json_t *ko = key_object(c, &rec);
+            if (ko && (u.set & RELAY_KEY_SET_COST_LIMITS))
+                add_budget_warnings(c, ko);
+            reply_json(c, 200, ko);
             relay_key_record_clear(&rec);
         }
     }
-    for (int i = 0; i < 4; i++)
+    for (int i = 0; i < 5; i++)
         free(texts[i]);
     json_decref(o);
 }
@@ -562,10 +636,43 @@ static void h_delete(ctx_t *c)
 
 static json_t *tier_object(const relay_tier_def_t *t)
 {
-    return json_pack("{s:s, s:I, s:I, s:I, s:I}", "name", t->name, "requests",
-                     (json_int_t)t->requests, "period", (json_int_t)t->period_s,
-                     "tokens_per_minute", (json_int_t)t->tokens_per_minute, "concurrent",
-                     (json_int_t)t->concurrent);
+    json_t *o =
+        json_pack("{s:s, s:I, s:I, s:I, s:I}", "name", t->name, "requests", (json_int_t)t->requests,
+                  "period", (json_int_t)t->period_s, "tokens_per_minute",
+                  (json_int_t)t->tokens_per_minute, "concurrent", (json_int_t)t->concurrent);
+    json_t *c = t->cost_limits[0] ? json_loads(t->cost_limits, 0, NULL) : NULL;
+    for (size_t i = 0; o && i < sizeof BUDGET_FIELDS / sizeof BUDGET_FIELDS[0]; i++) {
+        json_t *v = json_object_get(c, BUDGET_FIELDS[i]);
+        json_object_set_new(o, BUDGET_FIELDS[i], v ? json_incref(v) : json_null());
+    }
+    json_decref(c);
+    return o;
+}
+
+/* A tier PUT with budget fields sets the tier's defaults to them; without, keeps the old. */
+static int tier_budgets(ctx_t *c, json_t *o, const relay_tier_def_t *old, int existed,
+                        relay_tier_def_t *t)
+{
+    char *patch = NULL, *merged = NULL;
+    if (budget_patch(c, o, &patch))
+        return -1;
+    if (!patch) {
+        if (existed)
+            relay_strlcpy(t->cost_limits, old->cost_limits, sizeof t->cost_limits);
+        return 0;
+    }
+    relay_error_t err = {0};
+    int rc = relay_budgets_merge(NULL, patch, &merged, &err);
+    free(patch);
+    if (!rc && merged && strlen(merged) >= sizeof t->cost_limits)
+        rc = relay_error_set(&err, RELAY_ERR_INVALID, "cost_limits: at most %zu characters",
+                             sizeof t->cost_limits - 1);
+    if (!rc && merged)
+        relay_strlcpy(t->cost_limits, merged, sizeof t->cost_limits);
+    relay_free_string(merged);
+    if (rc)
+        reply_error(c, rc, err.message);
+    return rc ? -1 : 0;
 }
 
 static void h_tiers(ctx_t *c)
@@ -626,7 +733,8 @@ static void h_tier_put(ctx_t *c)
         tier_int(c, o, "period", 0, "expected a positive number of seconds", &t.period_s) == 0 &&
         tier_int(c, o, "tokens_per_minute", 0, "expected a non-negative integer",
                  &t.tokens_per_minute) == 0 &&
-        tier_int(c, o, "concurrent", 0, "expected a non-negative integer", &t.concurrent) == 0) {
+        tier_int(c, o, "concurrent", 0, "expected a non-negative integer", &t.concurrent) == 0 &&
+        tier_budgets(c, o, &old, existed, &t) == 0) {
         relay_error_t err = {0};
         int rc = relay_tiers_set(c->r, &t, &err);
         if (rc) {
@@ -687,6 +795,37 @@ static void h_audit(ctx_t *c)
     reply_page(c, items, total, skip, limit);
 }
 
+/* ---- pricing ---- */
+
+static void h_pricing_get(ctx_t *c)
+{
+    char *s = relay_pricing_to_json(c->r);
+    json_t *o = s ? json_loads(s, 0, NULL) : NULL;
+    free(s);
+    reply_json(c, 200, o);
+}
+
+static void h_pricing_put(ctx_t *c)
+{
+    json_t *o = body_object(c);
+    if (!o)
+        return;
+    char *text = json_dumps(o, DUMP_FLAGS);
+    relay_error_t err = {0};
+    int rc = text ? relay_pricing_set(c->r, text, &err) : RELAY_ERR_NOMEM;
+    free(text);
+    if (rc) {
+        reply_error(c, rc, err.message);
+    } else {
+        json_t *d = json_object();
+        json_object_set(d, "prices", json_object_get(o, "prices"));
+        json_object_set(d, "default", json_object_get(o, "default"));
+        audit(c, "pricing.update", "pricing", d);
+        h_pricing_get(c);
+    }
+    json_decref(o);
+}
+
 /* ---- routing ---- */
 
 typedef enum route_kind {
@@ -701,6 +840,7 @@ typedef enum route_kind {
     R_TIERS,
     R_TIER,
     R_AUDIT,
+    R_PRICING,
 } route_kind;
 
 static const struct {
@@ -716,6 +856,7 @@ static const struct {
     {R_KEY_ROTATE, "POST", h_rotate},   {R_TIERS, "GET", h_tiers},
     {R_TIER, "GET", h_tier_get},        {R_TIER, "PUT", h_tier_put},
     {R_TIER, "DELETE", h_tier_delete},  {R_AUDIT, "GET", h_audit},
+    {R_PRICING, "GET", h_pricing_get},  {R_PRICING, "PUT", h_pricing_put},
 };
 #define N_ROUTES (sizeof ROUTES / sizeof ROUTES[0])
 
@@ -735,7 +876,8 @@ static route_kind match(const char *path, char *arg, size_t cap)
     } fixed[] = {{"/admin/login", R_LOGIN},
                  {"/admin/api-keys", R_KEYS},
                  {"/admin/rate-limit-tiers", R_TIERS},
-                 {"/admin/audit-log", R_AUDIT}};
+                 {"/admin/audit-log", R_AUDIT},
+                 {"/admin/pricing", R_PRICING}};
     for (size_t i = 0; i < sizeof fixed / sizeof fixed[0]; i++)
         if (strcmp(p, fixed[i].path) == 0)
             return fixed[i].kind;

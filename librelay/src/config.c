@@ -16,6 +16,7 @@
 
 #include "relay/config.h"
 #include "buf.h"
+#include "tz.h"
 #include "util.h"
 
 #define CFG_MAX_FILE     (1024 * 1024) /* config.yaml and .env are small; refuse anything odd */
@@ -1215,7 +1216,7 @@ static int parse_price(ctx_t *x, yaml_node_t *n, relay_price_t *p)
     return 0;
 }
 
-static int f_prices(ctx_t *x, yaml_node_t *n, const field_t *f, void *base)
+static int f_price_list(ctx_t *x, yaml_node_t *n, const field_t *f, void *base)
 {
     if (is_null(n))
         return 0;
@@ -1239,6 +1240,62 @@ static int f_prices(ctx_t *x, yaml_node_t *n, const field_t *f, void *base)
     }
     x->c->relay.prices = prices;
     x->c->relay.n_prices = count;
+    return 0;
+}
+
+static const field_t PRICING[] = {
+    {.key = "prices", .fn = f_price_list},
+    {.key = "default", .fn = f_str, .off = offsetof(relay_config_t, relay.price_default)},
+    {.key = NULL},
+};
+
+/* pricing: a list of prices, or {prices: [...], default: <model_prefix>}. */
+static int f_prices(ctx_t *x, yaml_node_t *n, const field_t *f, void *base)
+{
+    if (!n || n->type != YAML_MAPPING_NODE)
+        return f_price_list(x, n, f, base);
+    int rc = walk(x, n, PRICING, base);
+    const relay_options_t *o = &x->c->relay;
+    for (size_t i = 0; !rc && o->price_default && o->prices && i <= o->n_prices; i++)
+        if (i == o->n_prices)
+            return fail(x, n, "default: '%s' is not the model_prefix of one of the prices",
+                        o->price_default);
+        else if (strcmp(o->prices[i].model_prefix, o->price_default) == 0)
+            break;
+    return rc;
+}
+
+static const char *check_timezone(const char *s)
+{
+    relay_tz_t *tz;
+    if (relay_tz_load(&tz, s, NULL) != 0)
+        return "unknown time zone (expected an IANA name such as Europe/Berlin, from the system "
+               "tz database)";
+    relay_tz_free(tz);
+    return NULL;
+}
+
+/* "Monday", "mon 06:00", "Sunday 23:30": the day and local time weekly budgets reset. */
+static int f_week_starts(ctx_t *x, yaml_node_t *n, const field_t *f, void *base)
+{
+    static const char *const days[] = {"sunday",   "monday", "tuesday", "wednesday",
+                                       "thursday", "friday", "saturday"};
+    const char *s;
+    int rc = scalar(x, n, "a day and time such as \"Monday 00:00\"", &s);
+    if (rc || !s || !*s)
+        return rc;
+    size_t dl = strcspn(s, " ");
+    int day = -1, hh = 0, mm = 0;
+    for (int i = 0; i < 7 && day < 0; i++)
+        if (dl >= 3 && dl <= strlen(days[i]) && strncasecmp(s, days[i], dl) == 0)
+            day = i;
+    const char *t = s + dl + strspn(s + dl, " ");
+    int consumed = 0;
+    if (day < 0 || (*t && (sscanf(t, "%2d:%2d%n", &hh, &mm, &consumed) != 2 || t[consumed] ||
+                           hh > 23 || mm > 59 || hh < 0 || mm < 0)))
+        return fail(x, n, "expected a day and time such as \"Monday 00:00\"");
+    x->c->relay.budget_week_start_day = day;
+    x->c->relay.budget_week_start_minute = hh * 60 + mm;
     return 0;
 }
 
@@ -1390,6 +1447,12 @@ static const field_t USAGE[] = {
     END,
 };
 
+static const field_t BUDGETS[] = {
+    STR("timezone", relay.budget_timezone, check_timezone),
+    CUSTOM("week_starts", f_week_starts),
+    END,
+};
+
 static const field_t ALERTS[] = {
     CUSTOM("thresholds", f_thresholds),
     STR("webhook_url", alert_webhook_url, check_http_url),
@@ -1449,6 +1512,7 @@ static const field_t ROOT[] = {
     SECTION("rate_limit", RATE_LIMIT),
     SECTION("usage", USAGE),
     CUSTOM("pricing", f_prices),
+    SECTION("budgets", BUDGETS),
     SECTION("alerts", ALERTS),
     SECTION("logging", LOGGING),
     SECTION("monitoring", MONITORING),
@@ -1460,9 +1524,9 @@ static const field_t ROOT[] = {
 /* ---- after the walk: settings that depend on each other ---- */
 
 static const relay_tier_def_t DEFAULT_TIERS[] = {
-    {"basic", 100, 60, 0, 0},
-    {"premium", 1000, 60, 0, 0},
-    {"unlimited", -1, 60, 0, 0},
+    {"basic", 100, 60, 0, 0, ""},
+    {"premium", 1000, 60, 0, 0, ""},
+    {"unlimited", -1, 60, 0, 0, ""},
 };
 
 static relay_tier_def_t *tier_find(ctx_t *x, const char *name)

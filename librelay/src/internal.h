@@ -20,6 +20,8 @@ struct relay_forward_state;
 struct relay_metrics;
 struct relay_maintenance;
 struct relay_tokenizer;
+struct relay_pricing;
+struct relay_budgets;
 
 struct relay {
     relay_options_t opts; /* strings point into owned copies below */
@@ -31,6 +33,8 @@ struct relay {
     struct relay_tiers_state *tiers;
     struct relay_keys_state *keys;
     struct relay_auth_state *auth;
+    struct relay_pricing *pricing;
+    struct relay_budgets *budgets;
     struct relay_limits_state *limits;
     struct relay_usage_state *usage;
     struct relay_forward_state *forward;

@@ -16,6 +16,7 @@
 #include "internal.h"
 #include "metrics_internal.h"
 #include "relay/auth.h"
+#include "relay/budgets.h"
 #include "relay/tiers.h"
 #include "keys_internal.h"
 #include "maintenance_internal.h"
@@ -519,6 +520,20 @@ static int set_str(char **slot, const char *s)
 
 /* ---- create / read ---- */
 
+/* Merges a budgets patch into *slot (validated; an empty result clears it). */
+static int set_cost_limits(char **slot, const char *patch, relay_error_t *err)
+{
+    if (!patch)
+        return 0;
+    char *merged = NULL;
+    int rc = relay_budgets_merge(*slot, patch, &merged, err);
+    if (rc)
+        return rc;
+    free(*slot);
+    *slot = merged;
+    return 0;
+}
+
 void relay_key_params_init(relay_key_params_t *p)
 {
     memset(p, 0, sizeof *p);
@@ -545,7 +560,8 @@ static int fill_new_record(relay_t *r, const relay_key_params_t *p, relay_key_re
     if ((rc = set_json(&rec->allowed_ips, "allowed_ips", p->allowed_ips, err)) ||
         (rc = set_json(&rec->allowed_origins, "allowed_origins", p->allowed_origins, err)) ||
         (rc = set_json(&rec->allowed_models, "allowed_models", p->allowed_models, err)) ||
-        (rc = set_json(&rec->metadata, "metadata", p->metadata, err)))
+        (rc = set_json(&rec->metadata, "metadata", p->metadata, err)) ||
+        (rc = set_cost_limits(&rec->cost_limits, p->cost_limits, err)))
         return rc;
     rec->token_limit = p->token_limit < 0 ? r->opts.default_token_limit : p->token_limit;
     relay_strlcpy(rec->rate_limit_tier, tier, sizeof rec->rate_limit_tier);
@@ -691,6 +707,9 @@ static int apply_update(relay_t *r, relay_key_record_t *rec, const relay_key_upd
         return rc;
     if (u->set & RELAY_KEY_SET_IS_ACTIVE)
         rec->is_active = u->is_active ? 1 : 0;
+    if ((u->set & RELAY_KEY_SET_COST_LIMITS) &&
+        (rc = set_cost_limits(&rec->cost_limits, u->cost_limits, err)))
+        return rc;
     return 0;
 }
 
@@ -1156,6 +1175,19 @@ static json_t *str_or_null(const char *s)
     return s ? json_string(s) : json_null();
 }
 
+/* The budget fields, each null when unset, so clients see every field always. */
+static void add_cost_limits(json_t *o, const char *text)
+{
+    static const char *const fields[] = {"cost_limit", "daily_cost_limit", "weekly_cost_limit",
+                                         "monthly_cost_limit", "model_cost_limits"};
+    json_t *c = text ? json_loads(text, 0, NULL) : NULL;
+    for (size_t i = 0; i < sizeof fields / sizeof fields[0]; i++) {
+        json_t *v = json_object_get(c, fields[i]);
+        json_object_set_new(o, fields[i], v ? json_incref(v) : json_null());
+    }
+    json_decref(c);
+}
+
 char *relay_keys_to_json(const relay_key_record_t *rec, int64_t now)
 {
     (void)now;
@@ -1190,6 +1222,7 @@ char *relay_keys_to_json(const relay_key_record_t *rec, int64_t now)
     json_object_set_new(o, "allowed_origins", text_json(rec->allowed_origins));
     json_object_set_new(o, "allowed_models", text_json(rec->allowed_models));
     json_object_set_new(o, "metadata", text_json(rec->metadata));
+    add_cost_limits(o, rec->cost_limits);
     /* 15 significant digits print 12.34 as 12.34, not 12.339999999999999. */
     char *s = json_dumps(o, JSON_COMPACT | JSON_REAL_PRECISION(15));
     json_decref(o);

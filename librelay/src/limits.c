@@ -10,7 +10,9 @@
 #include <string.h>
 #include <strings.h>
 
+#include "budgets_internal.h"
 #include "limits_internal.h"
+#include "relay/pricing.h"
 #include "relay/tiers.h"
 #include "util.h"
 
@@ -760,6 +762,36 @@ static int take(relay_t *r, limits_take_t *t, limits_verdict_t *v, int *backend)
     return rc;
 }
 
+/* The worst case of one request in USD: its input estimate and reserved output at its price. */
+static double cost_estimate(relay_t *r, const relay_admit_request_t *req)
+{
+    int64_t out = req->max_tokens > 0 ? req->max_tokens : 0;
+    if (r->opts.reservation_ceiling >= 0 && out > r->opts.reservation_ceiling)
+        out = r->opts.reservation_ceiling;
+    int64_t in = req->input_tokens_estimate > 0 ? req->input_tokens_estimate : 0;
+    relay_price_t p;
+    relay_pricing_lookup(r, req->model, &p);
+    return relay_pricing_cost(&p, in, out, 0, 0, 0);
+}
+
+/* Cost budgets go first: a spent budget refuses before a rate-limit slot is taken. */
+static int admit_budgets(relay_t *r, const relay_admit_request_t *req, const relay_tier_def_t *def,
+                         int64_t now_ms, relay_admission_t *out, relay_error_t *err)
+{
+    const char *tier = def->cost_limits[0] ? def->cost_limits : NULL;
+    if (!req->consumes_quota || (!req->key->cost_limits && !tier)) {
+        relay_strlcpy(out->model, req->model ? req->model : "", sizeof out->model);
+        return 0;
+    }
+    int rc = budgets_admit(r, req->key, tier, req->model, cost_estimate(r, req), now_ms, out, err);
+    if (rc) {
+        pthread_mutex_lock(&r->limits->mu);
+        r->limits->st.refused_budget++;
+        pthread_mutex_unlock(&r->limits->mu);
+    }
+    return rc;
+}
+
 int relay_limits_admit(relay_t *r, const relay_admit_request_t *req, relay_admission_t *out,
                        relay_error_t *err)
 {
@@ -779,7 +811,11 @@ int relay_limits_admit(relay_t *r, const relay_admit_request_t *req, relay_admis
     limits_verdict_t v;
     int backend;
     fill_take(r, req, &def, out->id, &t);
+    if ((rc = admit_budgets(r, req, &def, t.now_ms, out, err)) != 0)
+        return rc;
     rc = take(r, &t, &v, &backend);
+    if (rc || v.reason != LIMIT_OK)
+        budgets_release(r, out, t.now_ms); /* another limit refused: give the cost back */
     if (rc)
         return relay_error_set(err, rc, "limits: out of memory");
     out->requests_limit = t.req_limit;
@@ -804,10 +840,23 @@ int relay_limits_admit(relay_t *r, const relay_admit_request_t *req, relay_admis
 
 void relay_limits_settle(relay_t *r, relay_admission_t *a, int64_t billed)
 {
+    if (!a)
+        return;
+    /* Without the real cost, charge the reservation's cost per reserved token: nothing for a
+       request the upstream did not bill, about the estimate for one that used its reservation. */
+    double cost = a->reserved_tokens > 0 && billed > 0
+                      ? a->cost_reserved * (double)billed / (double)a->reserved_tokens
+                      : 0;
+    relay_limits_settle_cost(r, a, billed, cost);
+}
+
+void relay_limits_settle_cost(relay_t *r, relay_admission_t *a, int64_t billed, double cost)
+{
     if (!r || !r->limits || !a || a->settled || a->backend == RELAY_ADMIT_NONE)
         return;
     struct relay_limits_state *st = r->limits;
     a->settled = 1;
+    budgets_settle(r, a, cost, limits_now_ms(st));
     if (billed < 0)
         billed = 0;
     pthread_mutex_lock(&st->mu);
@@ -937,6 +986,27 @@ void relay_limits_get_stats(relay_t *r, relay_limits_stats_t *out)
         limits_redis_stats(r->limits->redis, &out->redis_errors, &out->redis_settles_lost);
         out->redis_up = limits_redis_is_up(r->limits->redis);
     }
+}
+
+relay_limits_redis_t *relay_limits_redis_up(relay_t *r, int64_t *lease_ms)
+{
+    struct relay_limits_state *st = r->limits;
+    if (!st || !st->redis || !limits_redis_is_up(st->redis))
+        return NULL;
+    *lease_ms = st->lease_ms;
+    return st->redis;
+}
+
+void relay_limits_count_budget_fallback(relay_t *r)
+{
+    pthread_mutex_lock(&r->limits->mu);
+    r->limits->st.redis_fallbacks++;
+    pthread_mutex_unlock(&r->limits->mu);
+}
+
+int64_t relay_limits_now_ms(relay_t *r)
+{
+    return r->limits ? limits_now_ms(r->limits) : relay_now_ms();
 }
 
 void relay_limits_set_clock_for_tests(relay_t *r, int64_t (*now_ms)(void *ud), void *ud)

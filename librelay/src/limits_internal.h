@@ -13,6 +13,8 @@ void relay_limits_stop(relay_t *r);
 
 /* Tests replace the wall clock (Unix ms) to cross window edges without sleeping. NULL restores. */
 void relay_limits_set_clock_for_tests(relay_t *r, int64_t (*now_ms)(void *ud), void *ud);
+/* The limits' clock (the test clock when set): budgets use it too, so periods move with it. */
+int64_t relay_limits_now_ms(relay_t *r);
 
 /* Why a check-and-take refused; the order is the order the checks run in both backends. */
 enum {
@@ -81,6 +83,38 @@ void limits_redis_settle(relay_limits_redis_t *rd, const limits_settle_op_t *op)
 /* Reads used/reserved and the request window without taking anything. */
 int limits_redis_peek(relay_limits_redis_t *rd, const limits_take_t *t, limits_verdict_t *v);
 void limits_redis_stats(relay_limits_redis_t *rd, uint64_t *errors, uint64_t *lost);
+/* Cost budgets in Redis (budgets.c builds the op; see BUDGET_ADMIT_LUA). */
+#define LIMITS_MAX_BUDGETS 36
+typedef struct limits_budget_op {
+    char key_id[37];
+    char member[96]; /* "<admission id>:<reserved usd>" */
+    int64_t now_ms, lease_ms;
+    double estimate;
+    int n;
+    struct {
+        char bid[17];  /* hash of the budget's period and models */
+        int64_t start; /* its period */
+        double limit, seed;
+        int64_t ttl_s;
+    } b[LIMITS_MAX_BUDGETS];
+} limits_budget_op_t;
+
+typedef struct limits_budget_verdict {
+    int verdict; /* 0 reserved, 1 full, 2 busy */
+    int index;   /* the budget that refused */
+    double spent[LIMITS_MAX_BUDGETS], reserved[LIMITS_MAX_BUDGETS];
+} limits_budget_verdict_t;
+
+/* 0 and v filled (take 0: read only); < 0 when Redis could not answer. */
+int limits_redis_budget_admit(relay_limits_redis_t *rd, const limits_budget_op_t *op, int take,
+                              limits_budget_verdict_t *v);
+/* Replaces op.member's reservation with cost. < 0 when it did not reach Redis (not queued). */
+int limits_redis_budget_settle(relay_limits_redis_t *rd, const limits_budget_op_t *op, double cost);
+/* The shared limiter when configured and up, else NULL; with lease_ms for its reservations. */
+relay_limits_redis_t *relay_limits_redis_up(relay_t *r, int64_t *lease_ms);
+/* Counts a budget decision taken in process because Redis did not answer. */
+void relay_limits_count_budget_fallback(relay_t *r);
+
 /* Tests: the next n admits drop Redis's reply after the script ran, as a timeout would. */
 void limits_redis_lose_replies_for_tests(relay_limits_redis_t *rd, int n);
 void relay_limits_lose_redis_replies_for_tests(relay_t *r, int n);

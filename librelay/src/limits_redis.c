@@ -100,8 +100,64 @@ static const char SETTLE_LUA[] =
     "redis.call('HSET',KEYS[1],ARGV[4],nv) end end\n"
     "return 1\n";
 
-enum { SCRIPT_ADMIT = 0, SCRIPT_SETTLE = 1, N_SCRIPTS = 2 };
-static const char *const SCRIPTS[N_SCRIPTS] = {ADMIT_LUA, SETTLE_LUA};
+/*
+ * Cost budgets. KEYS: per budget, its spend in this period (hash: spent) and its reservations
+ * (zset "id:usd" by lease end; one per budget, not per period, so a settle after a period change
+ * still finds its reservation). ARGV: now_ms lease_ms member estimate take, then per budget
+ * limit seed ttl_s. Mirrors decide() in budgets.c: every budget's "full" check, then every
+ * "busy" check, and only when all pass the reservation in each. seed is this instance's mirror
+ * of the spend (the store's spend when it first looked, plus what it settled since) less the
+ * costs whose own settle script has not returned yet: it never holds a cost that Redis has not
+ * counted and may still count, so spent = max(Redis, seed) never counts a request twice, and a
+ * settle that could not reach Redis, or Redis losing its data, is made good by the next admit.
+ * Returns {verdict (0 ok, 1 full, 2 busy), index (1-based), spent_1, reserved_1, ...}.
+ */
+static const char BUDGET_ADMIT_LUA[] =
+    "local now=tonumber(ARGV[1]) local lease=tonumber(ARGV[2]) local member=ARGV[3]\n"
+    "local est=tonumber(ARGV[4]) local take=ARGV[5]=='1' local n=#KEYS/2 local eps=1e-9\n"
+    "local sp={} local rs={}\n"
+    "for i=1,n do local h=KEYS[2*i-1] local z=KEYS[2*i] local b=5+(i-1)*3\n"
+    " local cur=tonumber(redis.call('HGET',h,'spent')) local sd=tonumber(ARGV[b+2]) or 0\n"
+    " if not cur or sd>cur then redis.call('HSET',h,'spent',ARGV[b+2]) cur=sd\n"
+    "  redis.call('EXPIRE',h,tonumber(ARGV[b+3])) end\n"
+    " redis.call('ZREMRANGEBYSCORE',z,'-inf',now)\n"
+    " sp[i]=cur rs[i]=0\n"
+    " for _,m in ipairs(redis.call('ZRANGE',z,0,-1)) do\n"
+    "  rs[i]=rs[i]+(tonumber(string.match(m,':([^:]*)$')) or 0) end end\n"
+    "local out={0,0}\n"
+    "for i=1,n do out[#out+1]=string.format('%.17g',sp[i]) out[#out+1]=string.format('%.17g',rs[i])"
+    " end\n"
+    "if not take then return out end\n"
+    "for i=1,n do local l=tonumber(ARGV[5+(i-1)*3+1])\n"
+    " if sp[i]>=l or sp[i]+est>l+eps then out[1]=1 out[2]=i return out end end\n"
+    "for i=1,n do local l=tonumber(ARGV[5+(i-1)*3+1])\n"
+    " if sp[i]+rs[i]+est>l+eps then out[1]=2 out[2]=i return out end end\n"
+    "for i=1,n do local b=5+(i-1)*3 redis.call('ZADD',KEYS[2*i],now+lease,member)\n"
+    " redis.call('PEXPIRE',KEYS[2*i],lease+60000) "
+    "redis.call('EXPIRE',KEYS[2*i-1],tonumber(ARGV[b+3]))"
+    " end\n"
+    "return out\n";
+
+/* KEYS as above (this period's). ARGV: member cost, then per budget seed ttl_s. */
+static const char BUDGET_SETTLE_LUA[] =
+    "local member=ARGV[1] local cost=tonumber(ARGV[2])\n"
+    "for i=1,#KEYS/2 do local h=KEYS[2*i-1] local b=2+(i-1)*2\n"
+    " redis.call('ZREM',KEYS[2*i],member)\n"
+    " local cur=tonumber(redis.call('HGET',h,'spent'))\n"
+    " if not cur or tonumber(ARGV[b+1])>cur then redis.call('HSET',h,'spent',ARGV[b+1]) end\n"
+    " if cost>0 then redis.call('HINCRBYFLOAT',h,'spent',ARGV[2]) end\n"
+    " redis.call('EXPIRE',h,tonumber(ARGV[b+2])) end\n"
+    "return 1\n";
+
+enum {
+    SCRIPT_ADMIT = 0,
+    SCRIPT_SETTLE = 1,
+    SCRIPT_BUDGET_ADMIT = 2,
+    SCRIPT_BUDGET_SETTLE = 3,
+    N_SCRIPTS = 4
+};
+static const char *const SCRIPTS[N_SCRIPTS] = {ADMIT_LUA, SETTLE_LUA, BUDGET_ADMIT_LUA,
+                                               BUDGET_SETTLE_LUA};
 
 struct relay_limits_redis {
     relay_t *r;
@@ -532,6 +588,106 @@ static void pending_replay(relay_limits_redis_t *rd)
             return;
         }
     }
+}
+
+/* ---- cost budgets ---- */
+
+static double dbl_at(const redisReply *rep, size_t i)
+{
+    if (i >= rep->elements || rep->element[i]->type != REDIS_REPLY_STRING)
+        return 0;
+    return strtod(rep->element[i]->str, NULL);
+}
+
+/* The KEYS of op's budgets: hash and zset of each, under the key's hash tag. */
+static void budget_keys(const limits_budget_op_t *op, char keys[][96], const char **argv)
+{
+    for (int i = 0; i < op->n; i++) {
+        snprintf(keys[2 * i], 96, "relay:{%s}:b:%s:%" PRId64, op->key_id, op->b[i].bid,
+                 op->b[i].start);
+        snprintf(keys[2 * i + 1], 96, "relay:{%s}:br:%s", op->key_id, op->b[i].bid);
+        argv[2 * i] = keys[2 * i];
+        argv[2 * i + 1] = keys[2 * i + 1];
+    }
+}
+
+int limits_redis_budget_admit(relay_limits_redis_t *rd, const limits_budget_op_t *op, int take,
+                              limits_budget_verdict_t *v)
+{
+    redisContext *c = conn_for_call(rd);
+    if (!c)
+        return -1;
+    enum { MAXB = LIMITS_MAX_BUDGETS };
+    char keys[2 * MAXB][96], nums[5 + 3 * MAXB][32], nkeys[8];
+    const char *argv[3 + 2 * MAXB + 5 + 3 * MAXB];
+    int argc = 3;
+    snprintf(nkeys, sizeof nkeys, "%d", 2 * op->n);
+    argv[2] = nkeys;
+    budget_keys(op, keys, argv + argc);
+    argc += 2 * op->n;
+    snprintf(nums[0], 32, "%" PRId64, op->now_ms);
+    snprintf(nums[1], 32, "%" PRId64, op->lease_ms);
+    snprintf(nums[3], 32, "%.17g", op->estimate);
+    snprintf(nums[4], 32, "%d", take);
+    const char *fixed[5] = {nums[0], nums[1], op->member, nums[3], nums[4]};
+    for (int i = 0; i < 5; i++)
+        argv[argc++] = fixed[i];
+    for (int i = 0; i < op->n; i++) {
+        snprintf(nums[5 + 3 * i], 32, "%.17g", op->b[i].limit);
+        snprintf(nums[6 + 3 * i], 32, "%.17g", op->b[i].seed);
+        snprintf(nums[7 + 3 * i], 32, "%" PRId64, op->b[i].ttl_s);
+        for (int j = 0; j < 3; j++)
+            argv[argc++] = nums[5 + 3 * i + j];
+    }
+    redisReply *rep = run_script(rd, c, SCRIPT_BUDGET_ADMIT, argc, argv);
+    if (!rep || rep->type != REDIS_REPLY_ARRAY || rep->elements < 2 + 2 * (size_t)op->n) {
+        call_failed(rd, c, rep); /* a lost reply's reservation ends with its lease */
+        return -1;
+    }
+    v->verdict = (int)int_at(rep, 0);
+    v->index = (int)int_at(rep, 1) - 1;
+    for (int i = 0; i < op->n; i++) {
+        v->spent[i] = dbl_at(rep, 2 + 2 * (size_t)i);
+        v->reserved[i] = dbl_at(rep, 3 + 2 * (size_t)i);
+    }
+    freeReplyObject(rep);
+    conn_put(rd, c);
+    return 0;
+}
+
+int limits_redis_budget_settle(relay_limits_redis_t *rd, const limits_budget_op_t *op, double cost)
+{
+    redisContext *c = conn_for_call(rd);
+    if (!c)
+        return -1;
+    enum { MAXB = LIMITS_MAX_BUDGETS };
+    char keys[2 * MAXB][96], nums[1 + 2 * MAXB][32], nkeys[8];
+    const char *argv[3 + 2 * MAXB + 2 + 2 * MAXB];
+    int argc = 3;
+    snprintf(nkeys, sizeof nkeys, "%d", 2 * op->n);
+    argv[2] = nkeys;
+    budget_keys(op, keys, argv + argc);
+    argc += 2 * op->n;
+    argv[argc++] = op->member;
+    snprintf(nums[0], 32, "%.17g", cost);
+    argv[argc++] = nums[0];
+    for (int i = 0; i < op->n; i++) {
+        snprintf(nums[1 + 2 * i], 32, "%.17g", op->b[i].seed);
+        snprintf(nums[2 + 2 * i], 32, "%" PRId64, op->b[i].ttl_s);
+        argv[argc++] = nums[1 + 2 * i];
+        argv[argc++] = nums[2 + 2 * i];
+    }
+    redisReply *rep = run_script(rd, c, SCRIPT_BUDGET_SETTLE, argc, argv);
+    if (!rep || rep->type == REDIS_REPLY_ERROR) {
+        call_failed(rd, c, rep);
+        pthread_mutex_lock(&rd->mu);
+        rd->lost++; /* its reservation ends with the lease; its cost is in the store */
+        pthread_mutex_unlock(&rd->mu);
+        return -1;
+    }
+    freeReplyObject(rep);
+    conn_put(rd, c);
+    return 0;
 }
 
 /* ---- the prober: reconnects at most once a second while down, off the request path ---- */

@@ -31,6 +31,11 @@ typedef struct alert {
     double threshold;
     int64_t used, limit;
     int64_t at;
+    /* A cost budget's alert (budget[0] != 0): which budget and period, and its USD figures. */
+    char budget[8];   /* period: daily, weekly, monthly, total */
+    char models[256]; /* JSON array, "" for the whole key */
+    int64_t resets_at;
+    double spent, usd_limit;
 } alert_t;
 
 struct relay_maintenance {
@@ -81,6 +86,26 @@ static int remember(struct relay_maintenance *m, uint64_t fp)
     return 1;
 }
 
+/* Queues the alert of key at threshold i unless fingerprint fp fired before. Lock held. */
+static alert_t *queue_alert(struct relay_maintenance *m, const relay_key_record_t *key, size_t i,
+                            uint64_t fp)
+{
+    if (!remember(m, fp))
+        return NULL;
+    if (m->q_count == ALERT_QUEUE_MAX) {
+        m->stats.alerts_dropped++;
+        return NULL;
+    }
+    alert_t *a = &m->queue[(m->q_head + m->q_count++) % ALERT_QUEUE_MAX];
+    memset(a, 0, sizeof *a);
+    relay_strlcpy(a->key_id, key->id, sizeof a->key_id);
+    relay_strlcpy(a->key_name, key->name ? key->name : "", sizeof a->key_name);
+    a->threshold = m->thresholds[i];
+    a->at = relay_now();
+    pthread_cond_signal(&m->wake);
+    return a;
+}
+
 void relay_maintenance_quota_check(relay_t *r, const relay_key_record_t *key, int64_t used,
                                    int64_t limit)
 {
@@ -90,31 +115,71 @@ void relay_maintenance_quota_check(relay_t *r, const relay_key_record_t *key, in
     double ratio = (double)used / (double)limit;
     pthread_mutex_lock(&m->mu);
     for (size_t i = 0; i < m->n_thresholds && ratio >= m->thresholds[i]; i++) {
-        if (!remember(m, fingerprint(key->id, m->thresholds[i], limit)))
-            continue;
-        if (m->q_count == ALERT_QUEUE_MAX) {
-            m->stats.alerts_dropped++;
-            continue;
+        alert_t *a = queue_alert(m, key, i, fingerprint(key->id, m->thresholds[i], limit));
+        if (a) {
+            a->used = used;
+            a->limit = limit;
         }
-        alert_t *a = &m->queue[(m->q_head + m->q_count++) % ALERT_QUEUE_MAX];
-        memset(a, 0, sizeof *a);
-        relay_strlcpy(a->key_id, key->id, sizeof a->key_id);
-        relay_strlcpy(a->key_name, key->name ? key->name : "", sizeof a->key_name);
-        a->threshold = m->thresholds[i];
-        a->used = used;
-        a->limit = limit;
-        a->at = relay_now();
-        pthread_cond_signal(&m->wake);
+    }
+    pthread_mutex_unlock(&m->mu);
+}
+
+/* One alert per budget, period, threshold and limit: a daily budget warns again each day. */
+static uint64_t budget_fingerprint(const char *key_id, const relay_budget_view_t *v, double th)
+{
+    char s[1400];
+    snprintf(s, sizeof s, "%s|%s|%s|%lld|%.4f|%.9g", key_id, v->period, v->models,
+             (long long)v->resets_at, th, v->limit);
+    uint8_t h[32];
+    relay_sha256(s, strlen(s), h);
+    uint64_t x;
+    memcpy(&x, h, sizeof x);
+    return x ? x : 1;
+}
+
+void relay_maintenance_budget_check(relay_t *r, const relay_key_record_t *key,
+                                    const relay_budget_view_t *v)
+{
+    struct relay_maintenance *m = r->maintenance;
+    if (!m || v->limit <= 0)
+        return;
+    double ratio = v->spent / v->limit;
+    pthread_mutex_lock(&m->mu);
+    for (size_t i = 0; i < m->n_thresholds && ratio >= m->thresholds[i]; i++) {
+        alert_t *a = queue_alert(m, key, i, budget_fingerprint(key->id, v, m->thresholds[i]));
+        if (!a)
+            continue;
+        relay_strlcpy(a->budget, v->period, sizeof a->budget);
+        relay_strlcpy(a->models, v->models, sizeof a->models);
+        a->resets_at = v->resets_at;
+        a->spent = v->spent;
+        a->usd_limit = v->limit;
     }
     pthread_mutex_unlock(&m->mu);
 }
 
 /* ---------------------------------------------------------------- alert delivery */
 
+static json_t *budget_alert_json(const alert_t *a, const char *when)
+{
+    char reset[32] = "";
+    if (a->resets_at)
+        relay_iso8601(a->resets_at, reset, sizeof reset);
+    json_t *models = a->models[0] ? json_loads(a->models, 0, NULL) : NULL;
+    return json_pack("{s:s, s:s, s:s, s:s, s:o, s:f, s:f, s:f, s:f, s:o, s:s}", "type",
+                     "budget_alert", "api_key_id", a->key_id, "api_key_name", a->key_name, "period",
+                     a->budget, "models", models ? models : json_null(), "threshold", a->threshold,
+                     "usage_ratio", a->spent / a->usd_limit, "spent", a->spent, "limit",
+                     a->usd_limit, "resets_at", reset[0] ? json_string(reset) : json_null(),
+                     "timestamp", when);
+}
+
 static json_t *alert_json(const alert_t *a)
 {
     char when[32];
     relay_iso8601(a->at, when, sizeof when);
+    if (a->budget[0])
+        return budget_alert_json(a, when);
     return json_pack("{s:s, s:s, s:s, s:f, s:f, s:I, s:I, s:s}", "type", "quota_alert",
                      "api_key_id", a->key_id, "api_key_name", a->key_name, "threshold",
                      a->threshold, "usage_ratio", (double)a->used / (double)a->limit, "token_used",
@@ -127,9 +192,17 @@ static json_t *alert_json(const alert_t *a)
  */
 static int record_alert(relay_t *r, const alert_t *a)
 {
-    char name[96], want[32], have[32];
+    char name[160], want[32], have[32];
     snprintf(name, sizeof name, "alert.quota.%s.%d", a->key_id, (int)lround(a->threshold * 100));
     snprintf(want, sizeof want, "%lld", (long long)a->limit);
+    if (a->budget[0]) { /* one record per budget and period; the value is the limit */
+        uint8_t h[32];
+        relay_sha256(a->models, strlen(a->models), h);
+        snprintf(name, sizeof name, "alert.budget.%s.%s.%lld.%02x%02x%02x%02x.%d", a->key_id,
+                 a->budget, (long long)a->resets_at, h[0], h[1], h[2], h[3],
+                 (int)lround(a->threshold * 100));
+        snprintf(want, sizeof want, "%.9g", a->usd_limit);
+    }
     int rc = relay_store_setting_get(r->store, name, have, sizeof have);
     if (rc == 0 && strcmp(have, want) == 0)
         return 0;
@@ -221,7 +294,12 @@ static void process_alert(relay_t *r, struct relay_maintenance *m)
     char *fields =
         o ? json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER | JSON_REAL_PRECISION(10)) : NULL;
     json_decref(o);
-    if (rc > 0)
+    if (rc > 0 && a.budget[0])
+        relay_log(r, RELAY_LOG_WARN, "budget.alert", fields,
+                  "API key %s reached %.0f%% of its %s cost budget%s%s ($%.4f of $%.2f)", a.key_id,
+                  a.threshold * 100, a.budget, a.models[0] ? " for " : "", a.models, a.spent,
+                  a.usd_limit);
+    else if (rc > 0)
         relay_log(r, RELAY_LOG_WARN, "quota.alert", fields,
                   "API key %s reached %.0f%% of its token quota (%lld of %lld tokens)", a.key_id,
                   a.threshold * 100, (long long)a.used, (long long)a.limit);

@@ -6,6 +6,7 @@
 #include <stdint.h>
 
 #include "internal.h"
+#include "relay/budgets.h"
 
 int relay_maintenance_start(relay_t *r, relay_error_t *err);
 void relay_maintenance_stop(relay_t *r);
@@ -19,5 +20,8 @@ void relay_maintenance_wake(relay_t *r);
 
 void relay_maintenance_quota_check(relay_t *r, const relay_key_record_t *key, int64_t used,
                                    int64_t limit);
+/* The same for one cost budget (spent/limit), once per budget, period, threshold and limit. */
+void relay_maintenance_budget_check(relay_t *r, const relay_key_record_t *key,
+                                    const relay_budget_view_t *v);
 
 #endif

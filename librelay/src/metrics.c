@@ -11,8 +11,10 @@
 #include "forward_internal.h"
 #include "internal.h"
 #include "maintenance_internal.h"
+#include "budgets_internal.h"
 #include "metrics_internal.h"
 #include "relay/keys.h"
+#include "relay/budgets.h"
 #include "relay/limits.h"
 #include "relay/metrics.h"
 #include "relay/usage.h"
@@ -53,7 +55,8 @@ struct relay_metric {
 typedef struct relay_families {
     relay_metric_t *requests, *duration, *ttfb, *tokens, *quota_ratio, *active_streams;
     relay_metric_t *auth_failures, *rate_limited, *permission, *retries, *queue_depth, *drops;
-    relay_metric_t *written, *unknown_model, *cache_hits, *bcrypt, *redis_up, *build_info;
+    relay_metric_t *written, *unknown_model, *budget_ratio, *cache_hits, *bcrypt, *redis_up,
+        *build_info;
     relay_metric_t *key_verify, *key_waiting, *key_timeouts;
 } relay_families_t;
 
@@ -521,9 +524,12 @@ static const fam_def_t FAMILIES[] = {
         RELAY_METRIC_COUNTER, NULL, 0, -1, 0, NULL, 0),
     FAM(written, "relay_usage_rows_written_total", "Usage rows committed to the database.",
         RELAY_METRIC_COUNTER, NULL, 0, -1, 0, NULL, 0),
-    FAM(unknown_model, "relay_unknown_model_cost_total",
-        "Requests whose model has no price (billed at cost 0).", RELAY_METRIC_COUNTER, L("model"),
-        1, 0, 100, NULL, 0),
+    FAM(unknown_model, "relay_unpriced_requests_total",
+        "Requests whose model has no price (billed at pricing.default).", RELAY_METRIC_COUNTER,
+        L("model"), 1, 0, 100, NULL, 0),
+    FAM(budget_ratio, "relay_budget_usage_ratio",
+        "Share of a cost budget spent this period, per key and budget.", RELAY_METRIC_GAUGE,
+        L("key", "period", "models"), 3, 0, 4 * RELAY_METRICS_MAX_KEYS, NULL, 0),
     FAM(cache_hits, "relay_key_cache_hits_total", "Key verifications answered from the cache.",
         RELAY_METRIC_COUNTER, NULL, 0, -1, 0, NULL, 0),
     FAM(bcrypt, "relay_key_bcrypt_total", "Key verifications that ran bcrypt.",
@@ -629,6 +635,23 @@ void relay_metrics_forward_begin(relay_t *r, int stream)
         relay_metrics_add(r->metrics->fam.active_streams, NULL, 1);
 }
 
+/* One read of the key's budgets (this instance's mirror: no Redis call on the request path)
+ * serves the ratio gauge and the budget alerts. */
+static void observe_budgets(relay_t *r, const relay_key_record_t *key, const char *label)
+{
+    relay_budget_view_t *v;
+    size_t n;
+    if (budgets_view_local(r, key, &v, &n) != 0)
+        return;
+    for (size_t i = 0; i < n; i++) {
+        if (label)
+            relay_metrics_set(r->metrics->fam.budget_ratio, L(label, v[i].period, v[i].models),
+                              v[i].limit > 0 ? v[i].spent / v[i].limit : 1.0);
+        relay_maintenance_budget_check(r, key, &v[i]);
+    }
+    free(v);
+}
+
 static void observe_tokens(relay_t *r, const relay_key_record_t *key, const relay_usage_t *u)
 {
     relay_families_t *fam = &r->metrics->fam;
@@ -645,6 +668,7 @@ static void observe_tokens(relay_t *r, const relay_key_record_t *key, const rela
                  {"cache_read", u->cache_read_input_tokens}};
     for (size_t i = 0; i < 4; i++)
         relay_metrics_add(fam->tokens, L(kinds[i].type, label), (double)kinds[i].n);
+    observe_budgets(r, key, mode != RELAY_METRICS_KEY_OFF ? label : NULL);
     if (key->token_limit <= 0)
         return;
     /* One live quota read serves the ratio gauge and the alert check. */
@@ -705,6 +729,7 @@ static void refresh(relay_t *r)
     relay_limits_stats_t ls;
     relay_limits_get_stats(r, &ls);
     relay_metrics_set(fam->rate_limited, L("quota"), (double)ls.refused_quota);
+    relay_metrics_set(fam->rate_limited, L("budget"), (double)ls.refused_budget);
     relay_metrics_set(fam->rate_limited, L("requests"), (double)ls.refused_requests);
     relay_metrics_set(fam->rate_limited, L("tokens"), (double)ls.refused_tokens);
     relay_metrics_set(fam->rate_limited, L("concurrency"), (double)ls.refused_concurrency);

@@ -7,7 +7,9 @@
 #include "forward_internal.h"
 #include "limits_internal.h"
 #include "maintenance_internal.h"
+#include "budgets_internal.h"
 #include "metrics_internal.h"
+#include "pricing_internal.h"
 #include "usage_internal.h"
 
 /* tiers.c, keys.c, auth.c (the others come from their *_internal.h). */

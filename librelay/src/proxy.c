@@ -125,7 +125,7 @@ void relay_proxy_settle(relay_t *r, const relay_http_request_t *req, const relay
     res->cost = relay_usage_cost(r, u->model[0] ? u->model : model, u->input_tokens,
                                  u->output_tokens, c5, c1, u->cache_read_input_tokens, NULL);
     if (adm)
-        relay_limits_settle(r, adm, res->billed_tokens);
+        relay_limits_settle_cost(r, adm, res->billed_tokens, res->cost);
     relay_usage_row_t row;
     fill_row(&row, req, key, res);
     relay_usage_record(r, &row);

@@ -140,13 +140,15 @@ void relay_options_init(relay_options_t *o)
     o->usage_queue_max = 100000;
     o->usage_batch_max = 500;
     o->usage_flush_ms = 200;
+    o->budget_timezone = "UTC";
+    o->budget_week_start_day = 1;
     o->log_level = RELAY_LOG_INFO;
 }
 
 static const relay_tier_def_t DEFAULT_TIERS[] = {
-    {"basic", 100, 60, 0, 0},
-    {"premium", 1000, 60, 0, 0},
-    {"unlimited", -1, 60, 0, 0},
+    {"basic", 100, 60, 0, 0, ""},
+    {"premium", 1000, 60, 0, 0, ""},
+    {"unlimited", -1, 60, 0, 0, ""},
 };
 
 /* Copies every string option so the host's need only live until relay_new returns. */
@@ -154,10 +156,11 @@ static int copy_options(relay_t *r, const relay_options_t *in)
 {
     r->opts = *in;
     const char **fields[] = {
-        &r->opts.upstream_url, &r->opts.upstream_api_key, &r->opts.database_url,
-        &r->opts.data_dir,     &r->opts.redis_url,        &r->opts.key_prefix,
-        &r->opts.default_tier, &r->opts.admin_username,   &r->opts.admin_password,
-        &r->opts.secret_key,   &r->opts.tokenizer_file};
+        &r->opts.upstream_url,   &r->opts.upstream_api_key, &r->opts.database_url,
+        &r->opts.data_dir,       &r->opts.redis_url,        &r->opts.key_prefix,
+        &r->opts.default_tier,   &r->opts.admin_username,   &r->opts.admin_password,
+        &r->opts.secret_key,     &r->opts.tokenizer_file,   &r->opts.price_default,
+        &r->opts.budget_timezone};
     _Static_assert(sizeof fields / sizeof fields[0] <=
                        sizeof r->own_strings / sizeof r->own_strings[0],
                    "own_strings too small");
@@ -230,6 +233,8 @@ typedef struct module_hooks {
 static const module_hooks_t MODULES[] = {
     {"tiers", relay_tiers_start, relay_tiers_stop},
     {"keys", relay_keys_start, relay_keys_stop},
+    {"pricing", relay_pricing_start, relay_pricing_stop},
+    {"budgets", relay_budgets_start, relay_budgets_stop},
     {"limits", relay_limits_start, relay_limits_stop},
     {"auth", relay_auth_start, relay_auth_stop},
     {"forward", relay_forward_start, relay_forward_stop},

@@ -10,6 +10,7 @@
 #include "internal.h"
 #include "relay/admin.h"
 #include "relay/keys.h"
+#include "relay/budgets.h"
 #include "relay/limits.h"
 #include "relay/proxy.h"
 #include "relay/stats.h"
@@ -458,6 +459,11 @@ static int view_quota(req_ctx_t *c, const relay_key_record_t *key)
         "requests_limit", int_or_null(q.requests_limit), "requests_remaining",
         int_or_null(q.requests_remaining), "reset_at", iso_or_null(q.reset_at), "token_reserved",
         (json_int_t)q.token_reserved);
+    char *b = o ? relay_budgets_to_json(c->r, key) : NULL;
+    json_t *bj = b ? json_loads(b, 0, NULL) : NULL;
+    free(b);
+    if (o)
+        json_object_set_new(o, "budgets", bj ? bj : json_array());
     reply(c, 200, o);
     return 0;
 }

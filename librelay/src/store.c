@@ -498,6 +498,7 @@ void relay_key_record_clear(relay_key_record_t *rec)
     free(rec->allowed_origins);
     free(rec->allowed_models);
     free(rec->metadata);
+    free(rec->cost_limits);
     memset(rec, 0, sizeof *rec);
 }
 
@@ -510,8 +511,9 @@ int relay_key_record_copy(relay_key_record_t *dst, const relay_key_record_t *src
     dst->allowed_origins = relay_strdup0(src->allowed_origins);
     dst->allowed_models = relay_strdup0(src->allowed_models);
     dst->metadata = relay_strdup0(src->metadata);
-    if ((src->name && !dst->name) || (src->description && !dst->description) ||
-        (src->allowed_ips && !dst->allowed_ips) ||
+    dst->cost_limits = relay_strdup0(src->cost_limits);
+    if ((src->cost_limits && !dst->cost_limits) || (src->name && !dst->name) ||
+        (src->description && !dst->description) || (src->allowed_ips && !dst->allowed_ips) ||
         (src->allowed_origins && !dst->allowed_origins) ||
         (src->allowed_models && !dst->allowed_models) || (src->metadata && !dst->metadata)) {
         relay_key_record_clear(dst);
@@ -534,7 +536,8 @@ void relay_key_records_free(relay_key_record_t *recs, size_t n)
 #define KEY_COLS                                                                                   \
     "id, name, description, key_prefix, key_hash, token_limit, token_used, request_count, "        \
     "error_count, rate_limit_tier, is_active, is_deleted, allowed_ips, allowed_origins, "          \
-    "allowed_models, metadata, expires_at, created_at, updated_at, last_used_at, deleted_at"
+    "allowed_models, metadata, expires_at, created_at, updated_at, last_used_at, deleted_at, "     \
+    "cost_limits"
 
 static int dup_col(const relay_store_driver_t *d, const relay_sql_row_t *row, int col, char **out)
 {
@@ -568,6 +571,7 @@ static int read_key(const relay_store_driver_t *d, const relay_sql_row_t *row,
     rc = rc ? rc : dup_col(d, row, 13, &k->allowed_origins);
     rc = rc ? rc : dup_col(d, row, 14, &k->allowed_models);
     rc = rc ? rc : dup_col(d, row, 15, &k->metadata);
+    rc = rc ? rc : dup_col(d, row, 21, &k->cost_limits);
     if (rc)
         relay_key_record_clear(k);
     return rc;
@@ -658,11 +662,12 @@ static int op_key_insert(relay_store_t *s, relay_store_conn_t *c, void *arg, rel
         V_INT(k->updated_at ? k->updated_at : created),
         V_TS(k->last_used_at),
         V_TS(k->deleted_at),
+        V_TEXT(k->cost_limits),
     };
     return s->drv->exec(c,
                         "INSERT INTO api_keys (" KEY_COLS ") VALUES ($1, $2, $3, $4, $5, $6, $7, "
-                        "$8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21)",
-                        p, 21, NULL, NULL, NULL, err);
+                        "$8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22)",
+                        p, 22, NULL, NULL, NULL, err);
 }
 
 /* The checks both backends would make differently (or not at all), made once here. */
@@ -704,6 +709,7 @@ static int op_key_update(relay_store_t *s, relay_store_conn_t *c, void *arg, rel
         V_TS(k->expires_at),
         V_INT(k->updated_at ? k->updated_at : w->now),
         V_TS(k->deleted_at),
+        V_TEXT(k->cost_limits),
     };
     int64_t changed = 0;
     int rc =
@@ -712,8 +718,8 @@ static int op_key_update(relay_store_t *s, relay_store_conn_t *c, void *arg, rel
                      "key_hash = $5, token_limit = $6, rate_limit_tier = $7, is_active = $8, "
                      "is_deleted = $9, allowed_ips = $10, allowed_origins = $11, "
                      "allowed_models = $12, metadata = $13, expires_at = $14, updated_at = $15, "
-                     "deleted_at = $16 WHERE id = $1",
-                     p, 16, NULL, NULL, &changed, err);
+                     "deleted_at = $16, cost_limits = $17 WHERE id = $1",
+                     p, 17, NULL, NULL, &changed, err);
     return rc ? rc : changed ? 0 : RELAY_ERR_NOT_FOUND;
 }
 
@@ -1202,6 +1208,59 @@ int relay_store_usage_daily(relay_store_t *s, const char *api_key_id, const char
     return 0;
 }
 
+typedef struct model_cost_q {
+    relay_sql_val_t p[3];
+    int np;
+    const char *sql;
+    vec_t v;
+    const relay_store_driver_t *drv;
+} model_cost_q_t;
+
+static int model_cost_row(void *ud, const relay_sql_row_t *row)
+{
+    model_cost_q_t *q = ud;
+    relay_model_cost_t *m = vec_push(&q->v);
+    if (!m)
+        return RELAY_ERR_NOMEM;
+    copy_text(m->model, sizeof m->model, q->drv->col_text(row, 0));
+    m->cost = q->drv->col_real(row, 1);
+    return 0;
+}
+
+static int op_model_cost(relay_store_t *s, relay_store_conn_t *c, void *arg, relay_error_t *err)
+{
+    model_cost_q_t *q = arg;
+    q->v.n = 0;
+    return s->drv->exec(c, q->sql, q->p, q->np, model_cost_row, q, NULL, err);
+}
+
+int relay_store_usage_cost_by_model(relay_store_t *s, const char *api_key_id, int64_t since,
+                                    int64_t until, relay_model_cost_t **out, size_t *n)
+{
+    if (!s || !out || !n)
+        return RELAY_ERR_INVALID;
+    *out = NULL;
+    *n = 0;
+    char nid[37];
+    if (!api_key_id || norm_id(nid, api_key_id))
+        return 0;
+    /* COALESCE: a NULL model groups as "", which no budget pattern matches but "" budgets do. */
+    model_cost_q_t q = {.drv = s->drv, .v = {.size = sizeof(relay_model_cost_t)}};
+    q.p[q.np++] = V_STR(nid);
+    q.p[q.np++] = V_INT(since);
+    q.p[q.np++] = V_INT(until > 0 ? until : INT64_MAX);
+    q.sql = "SELECT COALESCE(model, ''), SUM(total_cost) FROM usage_logs WHERE api_key_id = $1 "
+            "AND created_at >= $2 AND created_at < $3 GROUP BY COALESCE(model, '')";
+    int rc = run(s, op_model_cost, &q, OP_READ, NULL);
+    if (rc) {
+        free(q.v.items);
+        return rc;
+    }
+    *out = q.v.items;
+    *n = q.v.n;
+    return 0;
+}
+
 typedef struct prune {
     int64_t before, batch, deleted;
 } prune_t;
@@ -1248,6 +1307,7 @@ static int tier_row(void *ud, const relay_sql_row_t *row)
     t->period_s = q->drv->col_int(row, 2);
     t->tokens_per_minute = q->drv->col_int(row, 3);
     t->concurrent = q->drv->col_int(row, 4);
+    copy_text(t->cost_limits, sizeof t->cost_limits, q->drv->col_text(row, 5));
     return 0;
 }
 
@@ -1256,8 +1316,8 @@ static int op_tier_list(relay_store_t *s, relay_store_conn_t *c, void *arg, rela
     tier_list_t *q = arg;
     q->v.n = 0;
     return s->drv->exec(c,
-                        "SELECT name, requests, period_s, tokens_per_minute, concurrent "
-                        "FROM rate_limit_tiers ORDER BY name",
+                        "SELECT name, requests, period_s, tokens_per_minute, concurrent, "
+                        "cost_limits FROM rate_limit_tiers ORDER BY name",
                         NULL, 0, tier_row, q, NULL, err);
 }
 
@@ -1281,17 +1341,18 @@ int relay_store_tier_list(relay_store_t *s, relay_tier_def_t **out, size_t *n)
 static int op_tier_upsert(relay_store_t *s, relay_store_conn_t *c, void *arg, relay_error_t *err)
 {
     const relay_tier_def_t *t = arg;
-    relay_sql_val_t p[] = {V_TEXT(t->name),      V_INT(t->requests),
-                           V_INT(t->period_s),   V_INT(t->tokens_per_minute),
-                           V_INT(t->concurrent), V_INT(relay_now())};
+    relay_sql_val_t p[] = {
+        V_TEXT(t->name),      V_INT(t->requests), V_INT(t->period_s),   V_INT(t->tokens_per_minute),
+        V_INT(t->concurrent), V_INT(relay_now()), V_OPT(t->cost_limits)};
     return s->drv->exec(
         c,
         "INSERT INTO rate_limit_tiers (name, requests, period_s, tokens_per_minute, "
-        "concurrent, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $6) "
-        "ON CONFLICT (name) DO UPDATE SET requests = excluded.requests, "
+        "concurrent, created_at, updated_at, cost_limits) VALUES ($1, $2, $3, $4, $5, $6, $6, "
+        "$7) ON CONFLICT (name) DO UPDATE SET requests = excluded.requests, "
         "period_s = excluded.period_s, tokens_per_minute = excluded.tokens_per_minute, "
-        "concurrent = excluded.concurrent, updated_at = excluded.updated_at",
-        p, 6, NULL, NULL, NULL, err);
+        "concurrent = excluded.concurrent, updated_at = excluded.updated_at, "
+        "cost_limits = excluded.cost_limits",
+        p, 7, NULL, NULL, NULL, err);
 }
 
 int relay_store_tier_upsert(relay_store_t *s, const relay_tier_def_t *tier)

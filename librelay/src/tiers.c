@@ -1,6 +1,8 @@
 /* tiers: the rate-limit tier table — persisted in the store, read on every request from memory. */
 #include "relay/tiers.h"
 
+#include "relay/budgets.h"
+
 #include <stdlib.h>
 #include <string.h>
 
@@ -69,7 +71,9 @@ static int check_tier(const relay_tier_def_t *t, relay_error_t *err)
     if (t->concurrent < 0)
         return relay_error_set(err, RELAY_ERR_INVALID,
                                "concurrent: expected a non-negative integer");
-    return 0;
+    if (!memchr(t->cost_limits, '\0', sizeof t->cost_limits))
+        return relay_error_set(err, RELAY_ERR_INVALID, "cost_limits: too long");
+    return t->cost_limits[0] ? relay_budgets_validate(t->cost_limits, err) : 0;
 }
 
 /* Writes the configured tiers when the store has none yet (first start), then loads the table. */

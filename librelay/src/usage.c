@@ -6,45 +6,19 @@
 #include <time.h>
 
 #include "internal.h"
+#include "relay/pricing.h"
 #include "relay/usage.h"
 #include "usage_internal.h"
 #include "util.h"
 
-/* Anthropic list prices, USD per million tokens (input, output, 5m write, 1h write, read). */
-static const relay_price_t BUILTIN_PRICES[] = {
-    {"claude-opus-4-5", 5, 25, 6.25, 10, 0.50},
-    {"claude-opus-4", 15, 75, 18.75, 30, 1.50},
-    {"claude-3-opus", 15, 75, 18.75, 30, 1.50},
-    {"claude-sonnet-4", 3, 15, 3.75, 6, 0.30},
-    {"claude-3-7-sonnet", 3, 15, 3.75, 6, 0.30},
-    {"claude-3-5-sonnet", 3, 15, 3.75, 6, 0.30},
-    {"claude-haiku-4-5", 1, 5, 1.25, 2, 0.10},
-    {"claude-3-5-haiku", 0.80, 4, 1.00, 1.6, 0.08},
-    {"claude-3-haiku", 0.25, 1.25, 0.30, 0.50, 0.03},
-};
-
 double relay_usage_cost(relay_t *r, const char *model, int64_t input, int64_t output,
                         int64_t cache_5m, int64_t cache_1h, int64_t cache_read, int *known)
 {
-    const relay_price_t *tbl = r->opts.prices ? r->opts.prices : BUILTIN_PRICES;
-    size_t n = r->opts.prices ? r->opts.n_prices : sizeof BUILTIN_PRICES / sizeof BUILTIN_PRICES[0];
-    const relay_price_t *best = NULL;
-    size_t best_len = 0;
-    for (size_t i = 0; model && i < n; i++) {
-        size_t l = strlen(tbl[i].model_prefix);
-        if (l > best_len && strncmp(model, tbl[i].model_prefix, l) == 0) {
-            best = &tbl[i];
-            best_len = l;
-        }
-    }
+    relay_price_t p;
+    int k = relay_pricing_lookup(r, model, &p);
     if (known)
-        *known = best != NULL;
-    if (!best)
-        return 0.0;
-    return ((double)input * best->input + (double)output * best->output +
-            (double)cache_5m * best->cache_write_5m + (double)cache_1h * best->cache_write_1h +
-            (double)cache_read * best->cache_read) /
-           1e6;
+        *known = k;
+    return relay_pricing_cost(&p, input, output, cache_5m, cache_1h, cache_read);
 }
 
 /* ---- the writer ---- */

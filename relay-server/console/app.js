@@ -360,6 +360,10 @@
       $('key-name').value = k.name;
       $('key-description').value = k.description || '';
       $('key-limit').value = k.token_limit;
+      for (const [id, field] of COST_FIELDS) {
+        $(id).value = k[field] === null || k[field] === undefined ? '' : k[field];
+      }
+      $('key-cost-models').value = k.model_cost_limits ? JSON.stringify(k.model_cost_limits) : '';
     }
     show(f, true);
     try {
@@ -371,6 +375,30 @@
     $('key-name').focus();
   }
 
+  const COST_FIELDS = [['key-cost-daily', 'daily_cost_limit'],
+    ['key-cost-weekly', 'weekly_cost_limit'], ['key-cost-monthly', 'monthly_cost_limit'],
+    ['key-cost-total', 'cost_limit']];
+
+  /** The budget fields of the form; an empty field removes the budget when editing. */
+  function costFields(body) {
+    for (const [id, field] of COST_FIELDS) {
+      const v = $(id).value.trim();
+      if (v !== '') body[field] = Number(v);
+      else if (editing) body[field] = null;
+    }
+    const models = $('key-cost-models').value.trim();
+    if (models === '') {
+      if (editing) body.model_cost_limits = null;
+      return;
+    }
+    try {
+      body.model_cost_limits = JSON.parse(models);
+    } catch (e) {
+      // The server names the field in its answer; a string is refused with that message.
+      body.model_cost_limits = models;
+    }
+  }
+
   function keyFormBody() {
     const body = { name: $('key-name').value.trim() };
     const desc = $('key-description').value.trim();
@@ -380,6 +408,7 @@
     if ($('key-tier').value) body.rate_limit_tier = $('key-tier').value;
     const days = $('key-expires').value.trim();
     if (days !== '') body.expires_in_days = Number(days);
+    costFields(body);
     return body;
   }
 
@@ -563,6 +592,31 @@
     if (q.reset_at) parts.push('Next request slot frees at ' + fmtTime(q.reset_at, true) + '.');
     parts.push(q.expires_at ? 'Key expires ' + fmtTime(q.expires_at) + '.' : 'Key does not expire.');
     $('quota-line').textContent = parts.join(' ');
+    renderBudgets(q.budgets || []);
+  }
+
+  /** One row per budget; cells carry ids (budget-<period>[-<n>]-spent) for tests and scripts. */
+  function renderBudgets(budgets) {
+    const body = $('budgets-table').tBodies[0];
+    clear(body);
+    show($('budgets-card'), budgets.length > 0);
+    let n = 0;
+    for (const b of budgets) {
+      const id = 'budget-' + b.period + (b.models ? '-' + (n++) : '');
+      const cell = (text, suffix, usd) => {
+        const td = el('td', {}, text);
+        if (suffix) td.id = id + '-' + suffix;
+        if (usd !== undefined) {
+          td.dataset.usd = String(usd); // the exact figure; the text is rounded for reading
+          td.title = '$' + usd;
+        }
+        return td;
+      };
+      body.appendChild(el('tr', {}, cell(b.period), cell(b.models ? b.models.join(', ') : 'all'),
+        cell(fmtCost(b.limit), 'limit', b.limit), cell(fmtCost(b.spent), 'spent', b.spent),
+        cell(fmtCost(b.remaining), 'remaining', b.remaining),
+        cell(b.resets_at ? fmtTime(b.resets_at) : 'never', 'resets')));
+    }
   }
 
   function renderLogs(items) {
@@ -608,6 +662,7 @@
     holderKey = null;
     clear($('logs-table').tBodies[0]);
     clear($('quota-stats'));
+    renderBudgets([]);
     clear($('holder-chart'));
     showError($('holder-error'), message || '');
     route();

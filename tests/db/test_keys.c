@@ -676,7 +676,12 @@ static void test_to_json_shape(void **state)
                             "allowed_ips",
                             "allowed_origins",
                             "allowed_models",
-                            "metadata"};
+                            "metadata",
+                            "cost_limit",
+                            "daily_cost_limit",
+                            "weekly_cost_limit",
+                            "monthly_cost_limit",
+                            "model_cost_limits"};
     assert_int_equal(json_object_size(o), sizeof fields / sizeof fields[0]);
     for (size_t i = 0; i < sizeof fields / sizeof fields[0]; i++)
         assert_non_null(json_object_get(o, fields[i]));

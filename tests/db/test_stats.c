@@ -630,7 +630,7 @@ static void test_relay_scrape_has_required_families(void **state)
                           "relay_rate_limited_total",
                           "relay_usage_write_queue_depth",
                           "relay_usage_write_drops_total",
-                          "relay_unknown_model_cost_total"};
+                          "relay_unpriced_requests_total"};
     char line[128];
     for (size_t i = 0; i < sizeof want / sizeof want[0]; i++) {
         snprintf(line, sizeof line, "# TYPE %s ", want[i]);

@@ -485,6 +485,73 @@ class ConsoleTest(RelayTestCase):
         self.assertEqual(err.text, js["error"]["message"])
         self.shot("08-key-holder-error")
 
+    def test_budgets_in_the_form_and_the_holder_view(self):
+        self.signed_in()
+        self.driver.find_element(By.ID, "new-key-button").click()
+        self.visible("key-form")
+        self.wait(lambda d: len(Select(d.find_element(By.ID, "key-tier")).options) > 0,
+                  what="tiers in the form")
+        self.driver.find_element(By.ID, "key-name").send_keys("budget-e2e")
+        self.driver.find_element(By.ID, "key-cost-daily").send_keys("2.5")
+        self.driver.find_element(By.ID, "key-cost-models").send_keys(
+            '[{"models": ["claude-opus-*"], "period": "weekly", "limit": 10}]')
+        Select(self.driver.find_element(By.ID, "key-tier")).select_by_value("basic")
+        self.driver.find_element(By.ID, "key-form-submit").click()
+        self.visible("new-key")
+        key = self.wait(lambda d: self.text("new-key-value"), what="the new key")
+        self.relay.proxy_keys.append(key)
+        self.driver.find_element(By.ID, "new-key-done").click()
+        key_id = self.key_id("budget-e2e")
+        st, obj, _ = self.relay.json_request("GET", "/admin/api-keys/" + key_id,
+                                             headers=self.relay.admin_headers())
+        self.assertEqual((obj["daily_cost_limit"], obj["weekly_cost_limit"]), (2.5, None))
+        self.assertEqual(obj["model_cost_limits"],
+                         [{"models": ["claude-opus-*"], "period": "weekly", "limit": 10}])
+        # Edit: the form shows the budgets; emptying one removes it, a new one is added.
+        self.row_action("budget-e2e", "edit")
+        self.visible("key-form")
+        self.assertEqual(self.driver.find_element(By.ID, "key-cost-daily").get_attribute("value"),
+                         "2.5")
+        self.driver.find_element(By.ID, "key-cost-daily").clear()
+        self.driver.find_element(By.ID, "key-cost-monthly").send_keys("40")
+        self.driver.find_element(By.ID, "key-form-submit").click()
+        self.wait(lambda d: not d.find_element(By.ID, "key-form").is_displayed())
+        st, obj, _ = self.relay.json_request("GET", "/admin/api-keys/" + key_id,
+                                             headers=self.relay.admin_headers())
+        self.assertEqual((obj["daily_cost_limit"], obj["monthly_cost_limit"]), (None, 40))
+        # A bad value shows the API's message naming the field.
+        self.row_action("budget-e2e", "edit")
+        self.visible("key-form")
+        self.driver.find_element(By.ID, "key-cost-models").clear()
+        self.driver.find_element(By.ID, "key-cost-models").send_keys(
+            '[{"models": [], "period": "weekly", "limit": 10}]')
+        self.driver.find_element(By.ID, "key-form-submit").click()
+        err = self.visible("key-form-error")
+        self.assertIn("model_cost_limits[0].models", err.text)
+        self.driver.find_element(By.ID, "key-form-cancel").click()
+        # The holder view shows the same spend as the usage logs, to the nano-dollar.
+        for model in ("claude-opus-4-1-20250805", "claude-sonnet-4-5-20250929"):
+            st = self.relay.request("POST", "/v1/messages", messages_body(model=model),
+                                    {"x-api-key": key, "anthropic-version": "2023-06-01",
+                                     "content-type": "application/json"}).status
+            self.assertEqual(st, 200)
+        headers = {"x-api-key": key}
+        logs = wait_until(lambda: (lambda js: js if js["total"] == 2 else None)(
+            self.relay.json_request("GET", "/api/usage/logs", headers=headers)[1]), 10, "2 rows")
+        total = sum(r["total_cost"] for r in logs["items"])
+        opus = sum(r["total_cost"] for r in logs["items"] if r["model"].startswith("claude-opus"))
+        self.open("usage")
+        self.visible("holder-key").send_keys(key)
+        self.driver.find_element(By.ID, "holder-submit").click()
+        self.visible("budgets-card")
+        spent = self.wait(lambda d: d.find_element(By.ID, "budget-monthly-spent")
+                          .get_attribute("data-usd"), what="budgets")
+        self.assertAlmostEqual(float(spent), total, places=9)
+        self.assertAlmostEqual(float(self.driver.find_element(By.ID, "budget-weekly-0-spent")
+                                     .get_attribute("data-usd")), opus, places=9)
+        self.assertEqual(self.text("budget-monthly-limit"), "$40.00")
+        self.shot("09-key-holder-budgets")
+
     # ---- last: nothing the browser complained about ------------------------------------------
     def test_zz_no_script_or_csp_errors(self):
         self.signed_in()

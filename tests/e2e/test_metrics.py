@@ -114,7 +114,7 @@ class MetricsTest(MetricsBase):
         self.assertEqual(delta("relay_time_to_first_byte_seconds_count", route="messages"), 6)
         self.assertEqual(delta("proxy_duration_seconds_bucket", route="messages", le="+Inf"), 6)
         self.assertEqual(delta("relay_upstream_retries_total"), 1)
-        self.assertEqual(delta("relay_unknown_model_cost_total", model="gpt-unknown-1"), 1)
+        self.assertEqual(delta("relay_unpriced_requests_total", model="gpt-unknown-1"), 1)
         self.assertEqual(delta("relay_auth_failures_total", reason="invalid"), 1)
         self.assertEqual(delta("relay_auth_failures_total", reason="missing"), 1)
         self.assertEqual(sample(m, "relay_active_streams"), 0)

@@ -694,8 +694,16 @@ static void test_errors_are_positioned(void **state)
         {"pricing:\n  - model_prefix: claude\n    input: 1\n", "2: pricing[0]: missing output"},
         {"pricing:\n  - {model_prefix: claude, input: 1, output: -3}\n",
          "2: pricing[0].output: expected a non-negative number"},
-        {"pricing: {model_prefix: claude}\n",
-         "1: pricing: expected a list of {model_prefix, input, output, ...}"},
+        {"pricing: {prices: {model_prefix: claude}}\n",
+         "1: pricing.prices: expected a list of {model_prefix, input, output, ...}"},
+        {"pricing:\n  default: nope\n  prices:\n    - {model_prefix: claude, input: 1, output: "
+         "2}\n",
+         "2: pricing: default: 'nope' is not the model_prefix of one of the prices"},
+        {"budgets:\n  timezone: Mars/Olympus_Mons\n",
+         "2: budgets.timezone: unknown time zone (expected an IANA name such as Europe/Berlin, "
+         "from the system tz database)"},
+        {"budgets:\n  week_starts: Caturday 25:00\n",
+         "2: budgets.week_starts: expected a day and time such as \"Monday 00:00\""},
         {"usage:\n  weights:\n    output: -1\n",
          "3: usage.weights.output: expected a non-negative number"},
         {"upstream:\n  primary:\n    api_key: ${UNCLOSED\n",

@@ -27,8 +27,8 @@
 #define MODEL "claude-sonnet-4-5"
 
 static const relay_tier_def_t TEST_TIERS[] = {
-    {"basic", 100, 60, 0, 0}, {"t3", 3, 60, 0, 0},     {"unl", -1, 60, 0, 0},
-    {"tpm", -1, 60, 1000, 0}, {"conc2", -1, 60, 0, 2},
+    {"basic", 100, 60, 0, 0, ""}, {"t3", 3, 60, 0, 0, ""},     {"unl", -1, 60, 0, 0, ""},
+    {"tpm", -1, 60, 1000, 0, ""}, {"conc2", -1, 60, 0, 2, ""},
 };
 
 typedef struct fixture {

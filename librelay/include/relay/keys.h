@@ -59,6 +59,7 @@ typedef struct relay_key_params {
     const char *allowed_origins; /* JSON array of host names ("*.example.com" allowed), or NULL */
     const char *allowed_models;  /* JSON array of model names, or NULL */
     const char *metadata;        /* JSON object, or NULL */
+    const char *cost_limits;     /* JSON object of cost budgets (relay/budgets.h), or NULL */
 } relay_key_params_t;
 
 /* Zeroes p and sets token_limit = -1 (the configured default). */
@@ -96,6 +97,7 @@ enum {
     RELAY_KEY_SET_ALLOWED_MODELS = 1 << 7,
     RELAY_KEY_SET_METADATA = 1 << 8,
     RELAY_KEY_SET_IS_ACTIVE = 1 << 9,
+    RELAY_KEY_SET_COST_LIMITS = 1 << 10, /* merged: see relay_budgets_merge (null removes) */
 };
 
 /* A partial update: only the fields whose RELAY_KEY_SET_* bit is in `set` are applied. */
@@ -108,6 +110,7 @@ typedef struct relay_key_update {
     int64_t expires_at;
     const char *allowed_ips, *allowed_origins, *allowed_models, *metadata;
     int is_active;
+    const char *cost_limits; /* a budgets patch object: the fields it holds replace the key's */
 } relay_key_update_t;
 
 /* Applies u to the key id (validated like create); rec_out (may be NULL) gets the new record. */
@@ -170,7 +173,9 @@ RELAY_API void relay_keys_stats(relay_t *r, relay_keys_stats_t *out);
  * description, key_prefix, token_limit, token_used, token_remaining (null when unlimited),
  * usage_percentage (0..100, 2 decimals), rate_limit_tier, request_count, error_count, is_active,
  * created_at, updated_at, last_used_at, expires_at (ISO 8601 UTC or null), allowed_ips,
- * allowed_origins, allowed_models (arrays or null), metadata (object or null).
+ * allowed_origins, allowed_models (arrays or null), metadata (object or null), and the budget
+ * fields cost_limit, daily_cost_limit, weekly_cost_limit, monthly_cost_limit (USD or null) and
+ * model_cost_limits (list, or null).
  * `now` is unused today but fixes the instant for callers adding time-dependent fields.
  * Returns a string to free with relay_free_string, or NULL when out of memory.
  */

@@ -58,6 +58,10 @@ typedef struct relay_admission {
     int64_t tpm_charged;     /* tokens charged to the per-minute window at admit */
     int64_t tpm_second;      /* the Unix second that charge went to */
     int has_slot;            /* holds a concurrency slot */
+    char model[128];         /* the request's model: cost budgets match it again at settle */
+    double cost_reserved;    /* USD reserved in the key's cost budgets (relay/budgets.h) */
+    int budget_held;         /* cost_reserved is held in this instance's budget state */
+    int budget_redis;        /* cost_reserved is held in Redis */
 
     /* The tier's request window after this decision (for anthropic-ratelimit-requests-*). */
     int64_t requests_limit;     /* -1: unlimited */
@@ -72,8 +76,8 @@ typedef struct relay_admission {
     int64_t limit;     /* the limit that refused: requests, tokens/min, slots or token quota */
     int64_t remaining; /* what was left of it */
     int64_t reset_at;  /* Unix seconds when it frees up again (0: not by waiting) */
-    char reason[32];   /* "quota" | "requests" | "tokens" | "concurrency" | "ip" | "origin" |
-                          "model" — for metrics (relay_rate_limited_total{reason}) */
+    char reason[32];   /* "quota" | "budget" | "requests" | "tokens" | "concurrency" | "ip" |
+                          "origin" | "model" — for metrics (relay_rate_limited_total{reason}) */
 } relay_admission_t;
 
 /*
@@ -102,6 +106,15 @@ RELAY_API int relay_limits_admit(relay_t *r, const relay_admit_request_t *req,
  * admission, does nothing).
  */
 RELAY_API void relay_limits_settle(relay_t *r, relay_admission_t *adm, int64_t billed_tokens);
+
+/*
+ * relay_limits_settle plus the request's real cost in USD (relay_usage_cost), which replaces the
+ * cost reserved in the key's budgets. relay_limits_settle alone charges the budgets an
+ * approximation instead (the reserved cost scaled by billed / reserved tokens: 0 when nothing was
+ * billed), so a host that knows the cost should call this one.
+ */
+RELAY_API void relay_limits_settle_cost(relay_t *r, relay_admission_t *adm, int64_t billed_tokens,
+                                        double cost_usd);
 
 /* The current view of a key for /api/usage/quota. */
 typedef struct relay_quota_view {
@@ -170,6 +183,7 @@ typedef struct relay_limits_stats {
     uint64_t admitted;
     uint64_t refused_quota, refused_requests, refused_tokens, refused_concurrency,
         refused_permission;
+    uint64_t refused_budget;     /* cost budgets (relay/budgets.h) */
     uint64_t redis_fallbacks;    /* admissions decided in process because Redis was down */
     uint64_t redis_errors;       /* failed Redis calls */
     uint64_t redis_settles_lost; /* settles that could not reach Redis (queue full) */

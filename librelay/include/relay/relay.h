@@ -100,6 +100,9 @@ typedef struct relay_tier_def {
     int64_t period_s;          /* window length in seconds (> 0) */
     int64_t tokens_per_minute; /* 0: no token rate limit */
     int64_t concurrent;        /* 0: no concurrency limit */
+    /* "" none, else a JSON object of cost budgets (relay/budgets.h) every key of the tier has
+       for the budget fields it does not set itself */
+    char cost_limits[2048];
 } relay_tier_def_t;
 
 /* One row of the price table: USD per million tokens, matched by model-name prefix. */
@@ -171,11 +174,18 @@ typedef struct relay_options {
     double weight_input, weight_output, weight_cache_creation, weight_cache_read; /* 1 each */
     const relay_price_t *prices; /* NULL: built-in Anthropic list prices */
     size_t n_prices;
-    size_t usage_queue_max;     /* 100000 rows held while the database is away */
-    int usage_batch_max;        /* 500 rows per transaction */
-    int usage_flush_ms;         /* 200: longest a row waits before it is written */
-    int log_retention_days;     /* 0: keep usage_logs forever */
-    const char *tokenizer_file; /* NULL: heuristic counter; else a tiktoken-format vocabulary */
+    const char *price_default; /* NULL: the entry with the highest output price; else the
+                                  model_prefix of the entry unknown models are billed at */
+
+    /* cost budgets (config.yaml budgets.*, docs/budgets.md) */
+    const char *budget_timezone;  /* "UTC": IANA zone (system tz database) periods reset in */
+    int budget_week_start_day;    /* 1: Monday (0 Sunday .. 6 Saturday) */
+    int budget_week_start_minute; /* 0: minutes after local midnight the week starts */
+    size_t usage_queue_max;       /* 100000 rows held while the database is away */
+    int usage_batch_max;          /* 500 rows per transaction */
+    int usage_flush_ms;           /* 200: longest a row waits before it is written */
+    int log_retention_days;       /* 0: keep usage_logs forever */
+    const char *tokenizer_file;   /* NULL: heuristic counter; else a tiktoken-format vocabulary */
 
     /* logging */
     relay_log_fn log_fn; /* NULL: silent */

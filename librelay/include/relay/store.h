@@ -83,6 +83,7 @@ typedef struct relay_key_record {
     char *allowed_models;  /* owned JSON array text, or NULL */
     char *metadata;        /* owned JSON object text, or NULL */
     int64_t expires_at, created_at, updated_at, last_used_at, deleted_at;
+    char *cost_limits; /* owned JSON object text of the key's cost budgets (relay/budgets.h) */
 } relay_key_record_t;
 
 /* Frees the owned strings of rec (not rec itself) and zeroes it. */
@@ -114,8 +115,8 @@ RELAY_API void relay_key_records_free(relay_key_record_t *recs, size_t n);
 /*
  * Writes every mutable field of rec to the row with rec->id: name, description, key_prefix,
  * key_hash, token_limit, rate_limit_tier, is_active, is_deleted, allowed_*, metadata, expires_at,
- * updated_at, deleted_at. (Counters are the usage writer's: see relay_store_usage_write.)
- * RELAY_ERR_NOT_FOUND when no such row.
+ * updated_at, deleted_at, cost_limits. (Counters are the usage writer's: see
+ * relay_store_usage_write.) RELAY_ERR_NOT_FOUND when no such row.
  */
 RELAY_API int relay_store_key_update(relay_store_t *s, const relay_key_record_t *rec);
 /* Removes the row and its usage_logs and usage_daily rows. */
@@ -181,6 +182,19 @@ typedef struct relay_usage_daily {
 RELAY_API int relay_store_usage_daily(relay_store_t *s, const char *api_key_id,
                                       const char *from_day, const char *to_day,
                                       relay_usage_daily_t **out, size_t *n);
+/* Spend of one model: the sum of usage_logs.total_cost. */
+typedef struct relay_model_cost {
+    char model[128];
+    double cost;
+} relay_model_cost_t;
+
+/*
+ * usage_logs.total_cost of key api_key_id with created_at in [since, until) (until 0: no end),
+ * summed per model. Free *out with free().
+ */
+RELAY_API int relay_store_usage_cost_by_model(relay_store_t *s, const char *api_key_id,
+                                              int64_t since, int64_t until,
+                                              relay_model_cost_t **out, size_t *n);
 /* Deletes at most `batch` usage_logs rows with created_at < before; *deleted says how many. */
 RELAY_API int relay_store_usage_prune(relay_store_t *s, int64_t before, int batch,
                                       int64_t *deleted);

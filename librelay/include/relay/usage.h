@@ -36,10 +36,10 @@ typedef struct relay_usage_stats {
 RELAY_API void relay_usage_get_stats(relay_t *r, relay_usage_stats_t *out);
 
 /*
- * Cost in USD of one request from the price table (relay_options_t.prices, else the built-in
- * Anthropic list prices), matched by the longest model-name prefix. *known is set to 0 when no
- * price matched (the cost is then 0). cache_5m/cache_1h split the cache writes; when the split is
- * unknown pass all of them as cache_5m.
+ * Cost in USD of one request from the price table in force (relay/pricing.h), matched by the
+ * longest model-name prefix. *known is set to 0 when no price matched: the cost is then at the
+ * default price (pricing.default, by default the dearest entry), never 0. cache_5m/cache_1h split
+ * the cache writes; when the split is unknown pass all of them as cache_5m.
  */
 RELAY_API double relay_usage_cost(relay_t *r, const char *model, int64_t input, int64_t output,
                                   int64_t cache_5m, int64_t cache_1h, int64_t cache_read,
