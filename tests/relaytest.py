@@ -347,6 +347,17 @@ def raw_http_request(method, path, host_port, headers=None, body=b""):
     return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
 
 
+def write_class_config(cls, text):
+    """A config.yaml in its own temp directory, removed after the test class cls; returns its
+    path (for RELAY_CONFIG)."""
+    d = tempfile.mkdtemp(prefix="relaytest-config-")
+    cls.addClassCleanup(shutil.rmtree, d, True)
+    path = os.path.join(d, "config.yaml")
+    with open(path, "w") as f:
+        f.write(text)
+    return path
+
+
 def messages_body(text="Hello", stream=False, model="claude-sonnet-4-5-20250929",
                   max_tokens=256, **extra):
     """A minimal valid Messages API request body."""

@@ -5,9 +5,6 @@ and PostgreSQL, with and without Redis. (Period resets are driven by the test cl
 tests/db/test_budgets.c.)"""
 
 import datetime
-import os
-import shutil
-import tempfile
 import threading
 
 import relaytest
@@ -19,13 +16,7 @@ OPUS = "claude-opus-4-1-20250805"
 CEILING = 1000
 
 
-def write_config(cls, text):
-    d = tempfile.mkdtemp(prefix="relaytest-budgets-")
-    cls.addClassCleanup(shutil.rmtree, d, True)
-    path = os.path.join(d, "config.yaml")
-    with open(path, "w") as f:
-        f.write(text)
-    return path
+write_config = relaytest.write_class_config
 
 
 class BudgetBase(relaytest.RelayTestCase):

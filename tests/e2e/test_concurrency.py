@@ -6,16 +6,13 @@ No assertion here is about speed: every wait is a generous upper bound on someth
 happens or not."""
 
 import json
-import os
-import shutil
 import socket
-import tempfile
 import threading
 import time
 import unittest
 
 from relaytest import (RawConnection, RelayTestCase, messages_body, parse_sse, raw_http_request,
-                       stream_request, wait_until)
+                       stream_request, wait_until, write_class_config)
 
 ANTHROPIC = {"anthropic-version": "2023-06-01", "content-type": "application/json"}
 
@@ -107,12 +104,7 @@ class QueuedClientGoneTest(Base):
 
     @classmethod
     def relay_env(cls):
-        d = tempfile.mkdtemp(prefix="relaytest-conc-")
-        cls.addClassCleanup(shutil.rmtree, d, True)
-        path = os.path.join(d, "config.yaml")
-        with open(path, "w") as f:
-            f.write("server:\n  worker_threads: 2\n")
-        return {"RELAY_CONFIG": path}
+        return {"RELAY_CONFIG": write_class_config(cls, "server:\n  worker_threads: 2\n")}
 
     def test_request_whose_client_left_while_queued_is_not_forwarded(self):
         body = json.dumps(messages_body(stream=True)).encode()

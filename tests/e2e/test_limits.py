@@ -9,7 +9,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import tempfile
 import threading
 import time
 import unittest
@@ -23,15 +22,7 @@ SONNET = "claude-sonnet-4-5-20250929"
 CEILING = 64  # usage.reservation_ceiling of the quota classes: small, so overshoot is visible
 
 
-def write_config(cls, text):
-    """A config.yaml in its own temp directory, removed after the class; returns its path (for
-    RELAY_CONFIG)."""
-    d = tempfile.mkdtemp(prefix="relaytest-limits-")
-    cls.addClassCleanup(shutil.rmtree, d, True)
-    path = os.path.join(d, "config.yaml")
-    with open(path, "w") as f:
-        f.write(text)
-    return path
+write_config = relaytest.write_class_config
 
 
 def parse_rfc3339(text):
