@@ -57,7 +57,7 @@ typedef struct relay_families {
     relay_metric_t *auth_failures, *rate_limited, *permission, *retries, *queue_depth, *drops;
     relay_metric_t *written, *unknown_model, *budget_ratio, *cache_hits, *bcrypt, *redis_up,
         *build_info;
-    relay_metric_t *key_verify, *key_waiting, *key_timeouts, *cost, *db_up;
+    relay_metric_t *key_verify, *key_waiting, *key_timeouts, *cost, *db_up, *redis_configured;
 } relay_families_t;
 
 struct relay_metrics {
@@ -547,6 +547,8 @@ static const fam_def_t FAMILIES[] = {
         -1, 0, NULL, 0),
     FAM(db_up, "relay_database_up", "1 when the store answered a ping at this scrape.",
         RELAY_METRIC_GAUGE, NULL, 0, -1, 0, NULL, 0),
+    FAM(redis_configured, "relay_redis_configured", "1 when a Redis URL is configured.",
+        RELAY_METRIC_GAUGE, NULL, 0, -1, 0, NULL, 0),
     FAM(redis_up, "relay_redis_up", "1 when the shared Redis limiter is reachable.",
         RELAY_METRIC_GAUGE, NULL, 0, -1, 0, NULL, 0),
     FAM(build_info, "relay_build_info", "The relay's version (value 1).", RELAY_METRIC_GAUGE,
@@ -742,6 +744,8 @@ static void refresh(relay_t *r)
     relay_metrics_set(fam->rate_limited, L("concurrency"), (double)ls.refused_concurrency);
     relay_metrics_set(fam->permission, L("allowlist"), (double)ls.refused_permission);
     relay_metrics_set(fam->redis_up, NULL, ls.redis_up ? 1 : 0);
+    relay_metrics_set(fam->redis_configured, NULL,
+                      strcmp(relay_limits_redis_status(r), "disabled") != 0);
     /* One ping per scrape, as /health does: what an alert on a lost database needs. */
     relay_metrics_set(fam->db_up, NULL, relay_health_database(r) == 0 ? 1 : 0);
     relay_keys_stats_t ks;

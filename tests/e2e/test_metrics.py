@@ -128,6 +128,7 @@ class MetricsTest(MetricsBase):
                                summary["total_cost"], places=6)
         self.assertEqual(sample(m, "relay_active_streams"), 0)
         self.assertEqual(sample(m, "relay_database_up"), 1)
+        self.assertEqual(sample(m, "relay_redis_configured"), 1 if self.USE_REDIS else 0)
         self.assertEqual(sample(m, "relay_usage_write_drops_total"), 0)
         self.assertIn(("relay_usage_write_queue_depth", frozenset()), m)
         # 1000000 default limit: 6 requests of 26 tokens.
