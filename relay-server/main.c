@@ -12,8 +12,10 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "relay/admin.h"
 #include "relay/auth.h"
 #include "relay/keys.h"
+#include "relay/stats.h"
 #include "relay/store.h"
 #include "relay/usage.h"
 #include "server.h"
@@ -39,6 +41,7 @@ static void usage(FILE *f)
         "  relay-server keys create --name NAME [--token-limit N] [--tier TIER]\n"
         "                           [--description TEXT] [--expires-in-days N]\n"
         "  relay-server keys list                                   list keys (no secrets)\n"
+        "  relay-server routes                                      print the REST routes served\n"
         "  relay-server version\n"
         "  relay-server --help\n\n"
         "Configuration: .env, then config.yaml ($RELAY_CONFIG), then the environment\n"
@@ -354,6 +357,26 @@ static int cmd_serve(relay_config_t *cfg)
     return wait_and_stop(&s);
 }
 
+/* ---- routes ---- */
+static void print_route(void *ud, const char *method, const char *pattern)
+{
+    fprintf(ud, "%s %s\n", method, pattern);
+}
+
+/* The routes handle_request serves itself, then librelay's REST tables: one "METHOD PATTERN" a
+ * line. Everything else goes to the upstream (the proxy), so it is not listed. */
+static int cmd_routes(const relay_config_t *cfg)
+{
+    print_route(stdout, "GET", cfg->health_path);
+    if (cfg->metrics_enabled)
+        print_route(stdout, "GET", cfg->metrics_path);
+    print_route(stdout, "GET", "/console");
+    print_route(stdout, "GET", "/console/{file}");
+    relay_admin_routes(print_route, stdout);
+    relay_stats_routes(print_route, stdout);
+    return 0;
+}
+
 /* ---- migrate ---- */
 static int cmd_migrate(relay_config_t *cfg, char **args, int n)
 {
@@ -522,7 +545,8 @@ static int run(cli_t *c)
         printf("relay-server %s\n", relay_version());
         return 0;
     }
-    if (strcmp(cmd, "serve") && strcmp(cmd, "migrate") && strcmp(cmd, "keys")) {
+    if (strcmp(cmd, "serve") && strcmp(cmd, "migrate") && strcmp(cmd, "keys") &&
+        strcmp(cmd, "routes")) {
         fprintf(stderr, "relay-server: unknown command '%s'\n\n", cmd);
         usage(stderr);
         return 2;
@@ -538,6 +562,8 @@ static int run(cli_t *c)
         rc = cmd_migrate(cfg, c->args, c->nargs);
     } else if (!strcmp(cmd, "keys")) {
         rc = cmd_keys(cfg, c->args, c->nargs);
+    } else if (!strcmp(cmd, "routes")) {
+        rc = cmd_routes(cfg);
     } else {
         struct sigaction sa;
         memset(&sa, 0, sizeof sa);

@@ -41,6 +41,9 @@ RELAY_API int relay_user_handle(relay_t *r, const relay_http_request_t *req,
                                 relay_http_response_t *resp);
 RELAY_API int relay_stats_admin_handle(relay_t *r, const relay_http_request_t *req,
                                        relay_http_response_t *resp);
+/* Calls fn for every route the two handlers above serve (all GET; relay/http.h patterns).
+ * Thread-safe; the strings are static. */
+RELAY_API void relay_stats_routes(relay_http_route_fn fn, void *ud);
 
 /* The totals /api/usage answers, for hosts that want them without JSON. */
 typedef struct relay_usage_summary {
