@@ -224,7 +224,7 @@ static int handle_request(server_t *s, struct mg_connection *conn)
         if (!route_stats_admin(s, conn, &req))
             route_admin(s, conn, &req);
     } else if (!strcmp(p, "/console") || !strncmp(p, "/console/", 9))
-        route_console(s, conn, &req);
+        route_console(s, conn, &req); /* 404 when console.enabled is false */
     else
         route_proxy(s, conn, &req);
     server_cors_end();
@@ -370,8 +370,10 @@ static int cmd_routes(const relay_config_t *cfg)
     print_route(stdout, "GET", cfg->health_path);
     if (cfg->metrics_enabled)
         print_route(stdout, "GET", cfg->metrics_path);
-    print_route(stdout, "GET", "/console");
-    print_route(stdout, "GET", "/console/{file}");
+    if (cfg->console_enabled) {
+        print_route(stdout, "GET", "/console");
+        print_route(stdout, "GET", "/console/{file}");
+    }
     relay_admin_routes(print_route, stdout);
     relay_stats_routes(print_route, stdout);
     return 0;

@@ -239,6 +239,21 @@ static int int_param(req_ctx_t *c, const char *name, int64_t def, int64_t min, i
     return 0;
 }
 
+/* A true/false query parameter into *out (0 or 1); *out untouched when absent. */
+static int bool_param(req_ctx_t *c, const char *name, int *out)
+{
+    char buf[8];
+    if (!relay_http_query_param(c->req, name, buf, sizeof buf))
+        return 0;
+    if (!strcmp(buf, "true") || !strcmp(buf, "1"))
+        *out = 1;
+    else if (!strcmp(buf, "false") || !strcmp(buf, "0"))
+        *out = 0;
+    else
+        return bad_param(c, name, "expected true or false");
+    return 0;
+}
+
 /*
  * An ISO 8601 date parameter. A '+' of an offset that arrived unencoded reads as a space after
  * URL decoding; it is taken back. *date_only says whether it had no time part.
@@ -410,7 +425,11 @@ static int view_logs(req_ctx_t *c, const char *key_id)
         int_param(c, "status", 0, 100, 599, &status))
         return 0;
     int has_model = relay_http_query_param(c->req, "model", model, sizeof model) && model[0];
+    int is_error = -1;
+    if (bool_param(c, "is_error", &is_error))
+        return 0;
     relay_usage_query_t q = {.api_key_id = key_id,
+                             .is_error = is_error,
                              .start = start,
                              .end = end,
                              .model = has_model ? model : NULL,
@@ -483,6 +502,9 @@ static const struct {
     {"/api/usage/logs", V_LOGS, 0},
     {"/api/usage/quota", V_QUOTA, 0},
     {"/admin/usage", V_OVERVIEW, 1},
+    {"/admin/usage/summary", V_SUMMARY, 1},
+    {"/admin/usage/daily", V_DAILY, 1},
+    {"/admin/usage/logs", V_LOGS, 1},
     {"/admin/api-keys/{id}/usage", V_SUMMARY, 1},
     {"/admin/api-keys/{id}/usage/daily", V_DAILY, 1},
     {"/admin/api-keys/{id}/usage/logs", V_LOGS, 1},
@@ -513,17 +535,19 @@ static int method_ok(req_ctx_t *c)
     return 0;
 }
 
+/* A view of one key, or of every key when key is NULL (the admin's /admin/usage/... views). */
 static int run_view(req_ctx_t *c, int view, const relay_key_record_t *key)
 {
+    const char *id = key ? key->id : NULL;
     switch (view) {
     case V_SUMMARY:
-        return view_summary(c, key->id);
+        return view_summary(c, id);
     case V_DAILY:
-        return view_daily(c, key->id);
+        return view_daily(c, id);
     case V_LOGS:
-        return view_logs(c, key->id);
+        return view_logs(c, id);
     default:
-        return view_quota(c, key);
+        return key ? view_quota(c, key) : fail(c, RELAY_ERR_NOT_FOUND, NULL);
     }
 }
 
@@ -757,6 +781,8 @@ int relay_stats_admin_handle(relay_t *r, const relay_http_request_t *req,
         admin_overview(&c);
         return 0;
     }
+    if (!id[0]) /* /admin/usage/summary, /daily, /logs: every key together */
+        return run_view(&c, view, NULL), 0;
     relay_key_record_t key = {0};
     relay_error_t err = {0};
     int rc = relay_keys_get(r, id, &key, &err);

@@ -166,6 +166,25 @@ class Routes(unittest.TestCase):
             self.assertTrue(path.startswith("/v1/"), path)
 
 
+class ConsoleDisabled(relaytest.RelayTestCase):
+    """console.enabled: false takes /console off the server and off the route list."""
+
+    @classmethod
+    def relay_env(cls):
+        return {"RELAY_CONFIG": relaytest.write_class_config(cls, "console:\n  enabled: false\n")}
+
+    def test_console_answers_404_and_is_not_listed(self):
+        for path in ("/console", "/console/", "/console/app.js"):
+            st, js, _ = self.relay.json_request("GET", path)
+            self.assertEqual(st, 404, path)
+            self.assertEqual(js["error"]["type"], "not_found_error")
+        self.assertEqual(self.relay.request("GET", "/health").status, 200)
+        r = self.relay.run("routes")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertNotIn("/console", r.stdout)
+        self.assertIn("GET /admin/api-keys", r.stdout)
+
+
 class Answers(relaytest.RelayTestCase):
     """One real answer per documented operation (and errors), validated as they come."""
 
@@ -265,6 +284,14 @@ class Answers(relaytest.RelayTestCase):
             c("GET", path % kid, headers=admin, want=200)
         c("GET", "/admin/api-keys/no-such-key/usage", headers=admin, want=404)
         c("GET", "/admin/usage?sort=total_cost&limit=5", headers=admin, want=200)
+        js = c("GET", "/admin/usage/summary", headers=admin, want=200).json()
+        self.assertGreaterEqual(js["total_requests"], 3)
+        c("GET", "/admin/usage/daily?days=7", headers=admin, want=200)
+        js = c("GET", "/admin/usage/logs?is_error=true&limit=10", headers=admin, want=200).json()
+        self.assertTrue(js["items"])
+        self.assertTrue(all(row["is_error"] for row in js["items"]))
+        c("GET", "/admin/usage/logs?is_error=maybe", headers=admin, want=400)
+        c("GET", "/api/usage/logs?is_error=true", headers=h, want=200)
         c("GET", "/admin/usage?sort=nope", headers=admin, want=400)
 
         c("GET", "/admin/rate-limit-tiers", headers=admin, want=200)

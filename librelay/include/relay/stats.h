@@ -27,6 +27,8 @@ extern "C" {
  *   /admin/usage?skip=&limit=&sort=&order=&start_date=&end_date=
  *                                           {"items":[per key],"total","skip","limit","totals"}
  *   /admin/api-keys/{id}/usage, /usage/daily, /usage/logs   as the user endpoints, for key id
+ *   /admin/usage/summary, /admin/usage/daily, /admin/usage/logs  the same, over every key
+ * The logs views also take is_error=true (only failed requests).
  *
  * Dates are ISO 8601 ("2025-01-31", "2025-01-31T12:00:00Z", offsets accepted); a date-only
  * end_date includes that whole day. A bad parameter gets 400 invalid_request_error naming it.
