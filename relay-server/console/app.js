@@ -436,31 +436,9 @@
   }
 
   // ---- charts ---------------------------------------------------------------------------------
-  /** Bars of tokens per day from a /usage/daily answer (newest first), drawn oldest → newest. */
+  /** Tokens per day by kind and requests, from a /usage/daily answer (charts.js, plain SVG). */
   function drawChart(node, days) {
-    clear(node);
-    const series = days.slice().reverse();
-    const max = Math.max(1, ...series.map((d) => d.tokens));
-    const bars = el('div', { className: 'bars' });
-    for (const d of series) {
-      const b = el('div', { className: 'col', dataset: { date: d.date, tokens: d.tokens } });
-      b.title = d.date + ': ' + fmtInt(d.tokens) + ' tokens, ' + fmtInt(d.requests) +
-        ' requests, ' + fmtCost(d.cost) + (d.errors ? ', ' + fmtInt(d.errors) + ' errors' : '');
-      const fill = el('div', { className: 'fill' + (d.errors ? ' has-errors' : '') });
-      fill.style.height = (d.tokens / max) * 100 + '%';
-      if (d.tokens > 0) fill.style.minHeight = '2px';
-      b.appendChild(fill);
-      bars.appendChild(b);
-    }
-    const total = series.reduce((a, d) => a + d.tokens, 0);
-    node.append(
-      el('div', { className: 'chart-scale' }, el('span', {}, fmtInt(max === 1 && total === 0 ? 0 : max)),
-        el('span', {}, '0')),
-      bars,
-      el('div', { className: 'chart-axis' },
-        el('span', {}, series.length ? series[0].date : ''),
-        el('span', {}, series.length ? series[series.length - 1].date : '')));
-    if (total === 0) node.appendChild(el('p', { className: 'empty' }, 'No traffic in this period.'));
+    window.RelayCharts.daily(node, days);
   }
 
   function usageStats(box, js) {
@@ -482,24 +460,10 @@
     drawChart($('key-usage-chart'), daily);
     show($('key-usage'), true);
     $('key-usage').scrollIntoView({ block: 'nearest' });
+    for (const fn of keyOpenHooks) await fn(k);
   }
 
-  // ---- admin: tiers and audit log -------------------------------------------------------------
-  async function loadTiers() {
-    tiers = await admin('GET', '/admin/rate-limit-tiers');
-    const body = $('tiers-table').tBodies[0];
-    clear(body);
-    for (const t of tiers) {
-      const unlimited = t.requests < 0;
-      body.appendChild(el('tr', { dataset: { tier: t.name } },
-        el('td', { className: 'name' }, t.name),
-        el('td', { className: 'num' }, unlimited ? 'unlimited' : fmtInt(t.requests)),
-        el('td', { className: 'num' }, unlimited ? '—' : fmtInt(t.period) + ' s'),
-        el('td', { className: 'num' }, t.tokens_per_minute ? fmtInt(t.tokens_per_minute) : '—'),
-        el('td', { className: 'num' }, t.concurrent ? fmtInt(t.concurrent) : '—')));
-    }
-  }
-
+  // ---- admin: audit log ----------------------------------------------------------------------
   const auditState = { skip: 0 };
 
   async function loadAudit() {
@@ -524,16 +488,26 @@
     $('audit-next').disabled = auditState.skip + AUDIT_PAGE >= js.total;
   }
 
+  // The admin tabs: name → loader, in tab-bar order. Other files add theirs with registerTab
+  // (tiers.js, dashboard.js, ...) before the page is wired; one may ask to be the default.
+  const TABS = new Map([['keys', reloadKeys], ['audit', loadAudit]]);
+  let defaultTab = 'keys';
+
+  function registerTab(name, loader, opts) {
+    TABS.set(name, loader);
+    if (opts && opts.default) defaultTab = name;
+  }
+
   function selectTab(name) {
-    for (const t of ['keys', 'tiers', 'audit']) {
-      $('tab-' + t).classList.toggle('active', t === name);
-      $('tab-' + t).setAttribute('aria-selected', String(t === name));
+    for (const t of TABS.keys()) {
+      const tab = $('tab-' + t);
+      if (!tab) continue;
+      tab.classList.toggle('active', t === name);
+      tab.setAttribute('aria-selected', String(t === name));
       show($(t + '-panel'), t === name);
     }
     notice('');
-    if (name === 'keys') return attempt(reloadKeys);
-    if (name === 'tiers') return attempt(loadTiers);
-    return attempt(loadAudit);
+    return attempt(TABS.get(name));
   }
 
   // ---- confirmation dialog --------------------------------------------------------------------
@@ -698,7 +672,7 @@
     if (view === 'admin' && session && !shownAdmin) {
       shownAdmin = true;
       armExpiry(session);
-      selectTab('keys');
+      selectTab(defaultTab);
     }
     if (view === 'admin' && !session) $('login-user').focus();
     if (view === 'usage' && !holderKey) $('holder-key').focus();
@@ -725,9 +699,9 @@
     $('login-user').value = 'admin';
     $('login-form').addEventListener('submit', submitLogin);
     $('sign-out').addEventListener('click', () => signOut(''));
-    $('tab-keys').addEventListener('click', () => selectTab('keys'));
-    $('tab-tiers').addEventListener('click', () => selectTab('tiers'));
-    $('tab-audit').addEventListener('click', () => selectTab('audit'));
+    for (const t of TABS.keys()) {
+      if ($('tab-' + t)) $('tab-' + t).addEventListener('click', () => selectTab(t));
+    }
     $('keys-status').addEventListener('change', () => {
       keysState.status = $('keys-status').value;
       keysState.skip = 0;
@@ -762,6 +736,14 @@
     window.addEventListener('hashchange', route);
     route();
   }
+
+  // What the console's other files (dashboard.js, tiers.js, ...) build on.
+  const keyOpenHooks = [];
+  window.RelayConsole = Object.freeze({
+    $, el, clear, show, fmtInt, fmtCost, fmtTime, stat, bar, notice, showError, admin, attempt,
+    confirmDialog, registerTab, selectTab, openUsage, usageStats,
+    onKeyOpen: (fn) => keyOpenHooks.push(fn),
+  });
 
   document.addEventListener('DOMContentLoaded', wire);
 })();

@@ -76,7 +76,7 @@ static void test_route_tables(void **state)
     assert_int_equal(a.bad + s.bad, 0);
     assert_true(a.n >= 18);
     assert_true(a.with_param > 0);
-    assert_int_equal(s.n, 8);
+    assert_int_equal(s.n, 11);
 }
 
 int main(void)
