@@ -16,24 +16,8 @@
   const $ = (id) => document.getElementById(id);
 
   /** Builds an element; children are nodes or strings (strings become text nodes, never HTML). */
-  function el(tag, props, ...children) {
-    const e = document.createElement(tag);
-    for (const [k, v] of Object.entries(props || {})) {
-      if (k === 'className') e.className = v;
-      else if (k === 'dataset') Object.assign(e.dataset, v);
-      else if (k.startsWith('on')) e.addEventListener(k.slice(2), v);
-      else e.setAttribute(k, v);
-    }
-    for (const c of children) {
-      if (c === null || c === undefined) continue;
-      e.appendChild(typeof c === 'object' ? c : document.createTextNode(String(c)));
-    }
-    return e;
-  }
-
-  function clear(node) {
-    while (node.firstChild) node.removeChild(node.firstChild);
-  }
+  const el = (tag, props, ...children) => window.RelayDom.build(null, tag, props, children);
+  const clear = window.RelayDom.clear;
 
   function show(node, visible) {
     node.hidden = !visible;

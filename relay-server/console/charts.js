@@ -1,29 +1,13 @@
-// The console's charts: plain SVG built with DOM calls, no library and nothing from elsewhere.
-// Every string reaches the SVG as text (textContent), never as markup.
+// The console's charts: plain SVG built with DOM calls (dom.js), no library and nothing from
+// elsewhere. Every string reaches the SVG as text, never as markup.
 'use strict';
 
 (function () {
   const NS = 'http://www.w3.org/2000/svg';
   const intFmt = new Intl.NumberFormat('en-US');
 
-  /** An SVG element with attributes; children are nodes or strings (text nodes). */
-  function svg(tag, attrs, ...children) {
-    const e = document.createElementNS(NS, tag);
-    for (const [k, v] of Object.entries(attrs || {})) {
-      if (k === 'className') e.setAttribute('class', v);
-      else if (k === 'dataset') Object.assign(e.dataset, v);
-      else e.setAttribute(k, String(v));
-    }
-    for (const c of children) {
-      if (c === null || c === undefined) continue;
-      e.appendChild(typeof c === 'object' ? c : document.createTextNode(String(c)));
-    }
-    return e;
-  }
-
-  function clear(node) {
-    while (node.firstChild) node.removeChild(node.firstChild);
-  }
+  const svg = (tag, attrs, ...children) => window.RelayDom.build(NS, tag, attrs, children);
+  const clear = window.RelayDom.clear;
 
   /** 1234567 → "1.2M": axis labels stay short. */
   function short(n) {
