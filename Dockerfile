@@ -10,11 +10,10 @@ RUN bash scripts/deps.sh && rm -rf /var/lib/apt/lists/*
 COPY . .
 RUN bash scripts/build.sh /build \
  && install -D -m 0755 /build/relay-server/relay-server /out/usr/local/bin/relay-server \
- && ldd /out/usr/local/bin/relay-server | awk '/=> \//{print $3}' \
-    | xargs -r dpkg -S 2>/dev/null | cut -d: -f1 | sort -u > /out/runtime-packages.txt
+ && bash scripts/runtime-packages.sh /out/usr/local/bin/relay-server > /out/runtime-packages.txt
 
 FROM debian:12-slim
-# The runtime packages are the ones that own the libraries the binary links (found by ldd above),
+# The runtime packages are the ones that own the libraries the binary links (ldd, above),
 # plus curl for the health check and the CA certificates for https://api.anthropic.com.
 COPY --from=build /out/runtime-packages.txt /tmp/runtime-packages.txt
 RUN apt-get update -qq \

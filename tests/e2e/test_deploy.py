@@ -156,6 +156,20 @@ class Dockerfile(unittest.TestCase):
             for script in re.findall(r"scripts/[\w.-]+\.sh", args) if ins == "RUN" else ():
                 self.assertTrue(os.path.isfile(src(script)), script)
 
+    @unittest.skipUnless(relaytest.server_bin() and shutil.which("dpkg"), "no binary or dpkg")
+    def test_runtime_packages_of_the_binary(self):
+        """The runtime stage installs what owns the binary's libraries: run the same script."""
+        self.assertIn("scripts/runtime-packages.sh", " ".join(a for i, a in self.stages[0][2]
+                                                              if i == "RUN"))
+        self.assertIn("$(cat /tmp/runtime-packages.txt)", " ".join(self.final("RUN")))
+        r = subprocess.run(["bash", src("scripts", "runtime-packages.sh"),
+                            relaytest.server_bin()], capture_output=True, text=True, timeout=180)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        pkgs = set(r.stdout.split())
+        for p in ("libc6", "libcurl4", "libpq5", "libhiredis0.14", "libjansson4", "libjwt0",
+                  "libyaml-0-2", "libcivetweb1", "libsqlite3-0"):
+            self.assertIn(p, pkgs)
+
     def test_runtime_user_volume_port_health(self):
         users = self.final("USER")
         self.assertTrue(users)
