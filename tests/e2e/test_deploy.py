@@ -9,6 +9,9 @@ passes `nginx -t` where nginx is installed). Live: `deploy.sh --native` against 
 prefix and unit directory with the built binary: it writes .env with generated secrets (the
 password printed once), migrates, starts the relay, waits for /health; the printed password logs
 in and the printed key command works; a second run keeps the secrets and restarts the relay.
+Docker mode runs too, in a copy of the project files, with a stand-in `docker` on PATH that
+records the compose calls and starts the real relay for `compose up -d`; without docker on PATH
+it stops at once, naming the missing tool.
 """
 
 import os
@@ -403,6 +406,112 @@ class NativeDeploy(unittest.TestCase):
             log = f.read()
         self.assertEqual(relaytest.find_secrets(log.splitlines(), [
             env["ADMIN_PASSWORD"], env["SECRET_KEY"], key]), [])
+
+
+STUB_DOCKER = r"""#!/usr/bin/env bash
+# A stand-in for docker: records each call; "compose up -d" starts the real relay-server the way
+# the compose file would (its environment: overrides), so deploy.sh's wait for /health is real.
+echo "$*" >> "$STUB_DIR/calls"
+cd "$STUB_PROJECT"
+port=$(sed -n 's/^RELAY_PORT=//p' .env)
+env_file=("--env-file" "$STUB_PROJECT/.env")
+export RELAY_LISTEN=127.0.0.1:$port RELAY_DATA_DIR=$STUB_DIR/data
+case "$*" in
+  "compose version") echo "Docker Compose version v2.29.0" ;;
+  "compose build relay-station") ;;
+  "compose run --rm relay-station migrate up") exec "$STUB_RELAY" "${env_file[@]}" migrate up ;;
+  "compose up -d")
+    nohup "$STUB_RELAY" "${env_file[@]}" serve >> "$STUB_DIR/relay.log" 2>&1 < /dev/null &
+    echo $! > "$STUB_DIR/relay.pid" ;;
+  "compose logs"*) cat "$STUB_DIR/relay.log" ;;
+  *) echo "stub docker: unexpected: $*" >&2; exit 2 ;;
+esac
+"""
+
+
+@unittest.skipUnless(relaytest.server_bin(), "RELAY_SERVER_BIN unset")
+class DockerDeploy(unittest.TestCase):
+    """deploy.sh's Docker mode against a stand-in docker (no engine here), in a copy of the
+    project files, so the .env it writes stays out of the source tree."""
+
+    def setUp(self):
+        self.dir = tempfile.mkdtemp(prefix="relay-deploy-docker-")
+        self.addCleanup(shutil.rmtree, self.dir, True)
+        self.project = os.path.join(self.dir, "project")
+        os.makedirs(os.path.join(self.project, "scripts"))
+        for f in ("deploy.sh", ".env.example", "docker-compose.yml", "Dockerfile",
+                  "scripts/build.sh", "scripts/deps.sh"):
+            shutil.copy2(src(f), os.path.join(self.project, f))
+        self.bin = os.path.join(self.dir, "bin")
+        os.makedirs(self.bin)
+        with open(os.path.join(self.bin, "docker"), "w") as f:
+            f.write(STUB_DOCKER)
+        os.chmod(os.path.join(self.bin, "docker"), 0o755)
+        self.port = relaytest.free_port()
+        self.addCleanup(self.stop)
+
+    def stop(self):
+        try:
+            with open(os.path.join(self.dir, "relay.pid")) as f:
+                pid = int(f.read())
+            os.kill(pid, signal.SIGTERM)
+            relaytest.wait_until(lambda: not alive(pid), 20, "relay-server to stop")
+        except (OSError, ValueError):
+            pass
+
+    def deploy(self, path_extra=True):
+        env = {k: os.environ[k] for k in relaytest.PASS_ENV if k in os.environ}
+        if path_extra:
+            env["PATH"] = self.bin + os.pathsep + env.get("PATH", "/usr/bin:/bin")
+        else:  # only the ordinary tools: no docker, whatever this machine has
+            tools = os.path.join(self.dir, "tools")
+            os.makedirs(tools, exist_ok=True)
+            for t in ("bash", "env", "dirname", "sed", "head", "od", "tr", "cp", "chmod", "grep",
+                      "mktemp", "awk", "mv", "cat", "tail", "sleep", "curl"):
+                if shutil.which(t) and not os.path.exists(os.path.join(tools, t)):
+                    os.symlink(shutil.which(t), os.path.join(tools, t))
+            env["PATH"] = tools
+        env.update(STUB_DIR=self.dir, STUB_PROJECT=self.project,
+                   STUB_RELAY=os.path.abspath(relaytest.server_bin()))
+        return subprocess.run([os.path.join(self.project, "deploy.sh"), "--port", str(self.port),
+                               "--timeout", "60"], capture_output=True, text=True, env=env,
+                              timeout=120)
+
+    def calls(self):
+        with open(os.path.join(self.dir, "calls")) as f:
+            return f.read().splitlines()
+
+    def test_compose_flow_and_secrets(self):
+        r = self.deploy()
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        self.assertEqual(self.calls(), ["compose version", "compose build relay-station",
+                                        "compose run --rm relay-station migrate up",
+                                        "compose up -d"])
+        envfile = os.path.join(self.project, ".env")
+        env = parse_env_file(envfile)
+        self.assertEqual(os.stat(envfile).st_mode & 0o777, 0o600)
+        self.assertRegex(env["SECRET_KEY"], r"^[0-9a-f]{64}$")
+        self.assertRegex(env["POSTGRES_PASSWORD"], r"^[0-9a-f]{32}$")
+        self.assertRegex(env["REDIS_PASSWORD"], r"^[0-9a-f]{32}$")
+        self.assertEqual(env["RELAY_PORT"], str(self.port))
+        self.assertEqual(r.stdout.count(env["ADMIN_PASSWORD"]), 1)
+        self.assertNotIn(env["REDIS_PASSWORD"], r.stdout)
+        self.assertIn("docker compose exec relay-station relay-server keys create", r.stdout)
+        self.assertIn("healthy: ", r.stdout)
+        st, js, _ = relaytest.json_request(self.port, "GET", "/health")
+        self.assertEqual((st, js["status"]), (200, "ok"))
+        # again: nothing regenerated, nothing printed
+        self.stop()
+        r = self.deploy()
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        self.assertEqual(parse_env_file(envfile), env)
+        self.assertNotIn("ADMIN_PASSWORD=", r.stdout)
+
+    def test_missing_docker_is_named(self):
+        r = self.deploy(path_extra=False)
+        self.assertNotEqual(r.returncode, 0)
+        self.assertIn("missing tools: docker", r.stderr)
+        self.assertFalse(os.path.exists(os.path.join(self.project, ".env")))
 
 
 if __name__ == "__main__":
