@@ -12,12 +12,14 @@ for lib in "${libs[@]}"; do
   real=$(readlink -f "$lib")
   names+=("$lib" "/usr$lib" "$real" "/usr$real")
 done
-owners=$(dpkg -S "${names[@]}" 2>/dev/null | grep -E '^[^ ]+: /' || true)
+owners=$(dpkg -S "${names[@]}" 2>/dev/null | grep -v '^diversion by' | grep -E '^[^ ].*: /' || true)
+paths=$(sed -E 's/^.*: (\/)/\1/' <<<"$owners")
 for lib in "${libs[@]}"; do
   real=$(readlink -f "$lib")
-  if ! grep -qE ": (/usr)?($lib|$real)\$" <<<"$owners"; then
+  if ! grep -qxF -e "$lib" -e "/usr$lib" -e "$real" -e "/usr$real" <<<"$paths"; then
     echo "runtime-packages.sh: no package owns $lib" >&2
     exit 1
   fi
 done
+# "pkg:arch: /path" or "pkg1, pkg2: /path": the first owner is enough.
 sed -E 's/^([^:, ]+).*/\1/' <<<"$owners" | sort -u
