@@ -106,6 +106,17 @@ def alive(pid):
         return False
 
 
+def stop_pidfile(path):
+    """SIGTERM to the relay whose PID deploy.sh (or the stand-in docker) wrote, and wait."""
+    try:
+        with open(path) as f:
+            pid = int(f.read())
+        os.kill(pid, signal.SIGTERM)
+        relaytest.wait_until(lambda: not alive(pid), 20, "relay-server to stop")
+    except (OSError, ValueError):
+        pass
+
+
 def compose_vars(text):
     """Names used as ${NAME}, ${NAME:-x} or ${NAME:?x} ($$ escapes excluded)."""
     return set(re.findall(r"(?<!\$)\$\{([A-Za-z_][A-Za-z0-9_]*)", text))
@@ -323,16 +334,7 @@ class NativeDeploy(unittest.TestCase):
         self.addCleanup(self.stop)
 
     def stop(self):
-        try:
-            with open(os.path.join(self.prefix, "relay-server.pid")) as f:
-                pid = int(f.read())
-        except (OSError, ValueError):
-            return
-        try:
-            os.kill(pid, signal.SIGTERM)
-            relaytest.wait_until(lambda: not alive(pid), 20, "relay-server to stop")
-        except ProcessLookupError:
-            pass
+        stop_pidfile(os.path.join(self.prefix, "relay-server.pid"))
 
     def deploy(self):
         env = {k: os.environ[k] for k in relaytest.PASS_ENV if k in os.environ}
@@ -451,13 +453,7 @@ class DockerDeploy(unittest.TestCase):
         self.addCleanup(self.stop)
 
     def stop(self):
-        try:
-            with open(os.path.join(self.dir, "relay.pid")) as f:
-                pid = int(f.read())
-            os.kill(pid, signal.SIGTERM)
-            relaytest.wait_until(lambda: not alive(pid), 20, "relay-server to stop")
-        except (OSError, ValueError):
-            pass
+        stop_pidfile(os.path.join(self.dir, "relay.pid"))
 
     def deploy(self, path_extra=True):
         env = {k: os.environ[k] for k in relaytest.PASS_ENV if k in os.environ}
