@@ -649,6 +649,46 @@ class PgDatabase:
         _psql(self.base_url, 'DROP DATABASE IF EXISTS "%s" WITH (FORCE)' % self.name)
 
 
+class PgCluster:
+    """A throwaway PostgreSQL cluster of its own (scripts/pg-test-server.sh), for a test that
+    stops and starts the server under the relay. Raises unittest.SkipTest when PostgreSQL's
+    binaries are not installed. stop()/start() keep the port; destroy() stops it and deletes
+    its directory (register it with addCleanup/addClassCleanup first)."""
+
+    def __init__(self):
+        src = os.environ.get("RELAY_SOURCE_DIR") or os.path.dirname(os.path.dirname(
+            os.path.abspath(__file__)))
+        self.script = os.path.join(src, "scripts", "pg-test-server.sh")
+        pg_bin = os.environ.get("PG_BIN", "/usr/lib/postgresql/15/bin")
+        if not os.access(os.path.join(pg_bin, "pg_ctl"), os.X_OK) or not shutil.which("psql"):
+            raise unittest.SkipTest("PostgreSQL server binaries (%s) or psql not installed"
+                                    % pg_bin)
+        self.dir = tempfile.mkdtemp(prefix="relay-pg-", dir="/tmp")
+        os.chmod(self.dir, 0o755)  # as root the script runs PostgreSQL as the postgres user
+        self.url = self._run("start").strip().splitlines()[-1]
+
+    def _run(self, cmd):
+        out = subprocess.run(["sh", self.script, cmd, self.dir], capture_output=True,
+                             text=True, timeout=90)
+        if out.returncode != 0:
+            raise RuntimeError("pg-test-server.sh %s: %s" % (cmd, out.stderr.strip()))
+        return out.stdout
+
+    def stop(self):
+        self._run("stop")
+
+    def start(self):
+        self._run("start")
+
+    def destroy(self):
+        if os.path.isdir(self.dir):
+            try:
+                self._run("stop")
+            except RuntimeError:
+                pass
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+
 def _resp_command(sock, *args):
     msg = b"*%d\r\n" % len(args) + b"".join(
         b"$%d\r\n%s\r\n" % (len(a), a) for a in (x.encode() for x in args))

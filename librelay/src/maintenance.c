@@ -387,6 +387,7 @@ static void *maintenance_main(void *arg)
         if (m->keys_wanted || now >= next_keys) {
             m->keys_wanted = 0;
             pthread_mutex_unlock(&m->mu);
+            relay_health_database(r); /* notices an outage (and its end) with no traffic */
             relay_keys_refresh_stale(r);
             next_keys = relay_mono_ms() + TICK_MS;
             pthread_mutex_lock(&m->mu);

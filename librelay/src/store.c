@@ -242,6 +242,13 @@ int relay_store_ping(relay_store_t *s)
     return run(s, op_ping, NULL, OP_READ, NULL) == 0 ? 0 : RELAY_ERR_STORE;
 }
 
+int relay_store_probe_write(relay_store_t *s, relay_error_t *err)
+{
+    if (!s)
+        return relay_error_set(err, RELAY_ERR_STORE, "no store");
+    return run(s, op_ping, NULL, OP_WRITE, err);
+}
+
 /* ---------------------------------------------------------------- migrations */
 
 static int cmp_mig(const void *a, const void *b)

@@ -202,6 +202,7 @@ static void *writer_main(void *arg)
         int rc = relay_store_usage_write(r->store, batch, n);
         if (rc == RELAY_ERR_INVALID)
             rc = write_one_by_one(r, batch, n, &done);
+        relay_db_note(r, rc != RELAY_ERR_STORE, "writing usage rows failed", NULL);
         pthread_mutex_lock(&u->mu);
         if (rc != 0 && done)
             commit_batch(u, done); /* never write those again */

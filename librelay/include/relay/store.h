@@ -44,6 +44,9 @@ RELAY_API void relay_store_free(relay_store_t *s);
 RELAY_API const char *relay_store_backend(const relay_store_t *s);
 /* 0 when the database answers a trivial query now, RELAY_ERR_STORE otherwise. */
 RELAY_API int relay_store_ping(relay_store_t *s);
+/* The same query inside a write transaction: also fails while another process holds SQLite's
+ * write lock past the busy timeout, or PostgreSQL refuses writes. err says why. */
+RELAY_API int relay_store_probe_write(relay_store_t *s, relay_error_t *err);
 
 /* ---- migrations (SQL from migrations/<backend>/, compiled into the library) ---- */
 typedef struct relay_migration_info {
