@@ -487,6 +487,7 @@ static int cmd_keys(relay_config_t *cfg, char **args, int n)
     char secret[128];
     if (ensure_secret_key(cfg, secret, sizeof secret) != 0)
         return 1;
+    cfg->relay.usage_spool = 0; /* the serving process owns the spool; this one writes no rows */
     relay_t *r = open_relay(cfg);
     if (!r)
         return 1;

@@ -1461,6 +1461,8 @@ static const field_t USAGE[] = {
     SIZE("queue_max", relay.usage_queue_max, 1, 100000000),
     INT("batch_max", relay.usage_batch_max, 1, 100000),
     INT("flush_ms", relay.usage_flush_ms, 1, 3600000),
+    BOOL("spool", relay.usage_spool),
+    SIZE("spool_max_bytes", relay.usage_spool_max_bytes, 4096, (size_t)1 << 40),
     INT("retention_days", relay.log_retention_days, 0, 36500),
     STR("tokenizer_file", relay.tokenizer_file, NULL),
     END,

@@ -141,6 +141,8 @@ void relay_options_init(relay_options_t *o)
     o->usage_queue_max = 100000;
     o->usage_batch_max = 500;
     o->usage_flush_ms = 200;
+    o->usage_spool = 1;
+    o->usage_spool_max_bytes = 64u << 20;
     o->budget_timezone = "UTC";
     o->budget_week_start_day = 1;
     o->log_level = RELAY_LOG_INFO;

@@ -956,12 +956,13 @@ static int insert_log(relay_store_t *s, relay_store_conn_t *c, const relay_usage
         V_OPT(r->client_ip),
         V_OPT(r->user_agent),
         V_INT(created),
+        V_OPT(r->row_uid),
     };
     return s->drv->exec(c,
-                        "INSERT INTO usage_logs (" USAGE_COLS ") VALUES ($1, $2, $3, $4, $5, $6, "
-                        "$7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, "
-                        "$22, $23, $24, $25, $26, $27)",
-                        p, 27, NULL, NULL, NULL, err);
+                        "INSERT INTO usage_logs (" USAGE_COLS ", row_uid) VALUES ($1, $2, $3, $4, "
+                        "$5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, "
+                        "$20, $21, $22, $23, $24, $25, $26, $27, $28)",
+                        p, 28, NULL, NULL, NULL, err);
 }
 
 static int update_key_counters(relay_store_t *s, relay_store_conn_t *c, key_delta_t *k,

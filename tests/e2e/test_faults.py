@@ -245,5 +245,77 @@ class SqliteLocked(OutageBase):
         self.assertEqual(self.metric(relay, "relay_usage_write_drops_total"), 0)
 
 
+class UsageSpool(relaytest.RelayTestCase):
+    """SIGKILL with streams in flight and rows still in the writer's queue (flush_ms 3 s): the
+    spool brings every completed request back at the next start, billed exactly once."""
+
+    START_RELAY = False
+
+    def usage_metric(self, relay, name):
+        return OutageBase.metric(self, relay, name)
+
+    def stream_all(self, relay, key, n, results):
+        def one(i):
+            # 2..41 deltas of 40 ms: answers end from 0.1 s to 1.7 s after they start.
+            body = messages_body(stream=True, fake_scenario={
+                "deltas": 2 + (i * 7) % 40, "usage": {"output_tokens": 100 + i}})
+            try:
+                r = relay.request("POST", "/v1/messages", body, hdrs(key), timeout=30)
+                results.append((i, r.status, r.header("request-id"), b"message_stop" in r.body))
+            except Exception:  # noqa: BLE001  (cut by the kill: not completed)
+                results.append((i, None, None, False))
+        threads = [threading.Thread(target=one, args=(i,), daemon=True) for i in range(n)]
+        for t in threads:
+            t.start()
+        return threads
+
+    def test_sigkill_during_50_streams_bills_every_completed_request_once(self):
+        cfg = write_class_config(type(self), "usage:\n  flush_ms: 3000\n")
+        relay = self.start_relay({"RELAY_CONFIG": cfg})
+        key, obj = relay.create_key(rate_limit_tier="unlimited")
+        self.fake.set_delay(per_event_ms=40)
+        results = []
+        threads = self.stream_all(relay, key, 50, results)
+        wait_until(lambda: sum(1 for r in results if r[1] == 200) >= 15, 30, "15 completed")
+        relay.kill()
+        for t in threads:
+            t.join(30)
+        done = {r[2]: r[0] for r in results if r[1] == 200 and r[3] and r[2]}
+        self.assertTrue(15 <= len(done) < 50, len(done))
+
+        relay.start()
+        wait_until(lambda: self.usage_metric(relay, "relay_usage_write_queue_depth") == 0, 30,
+                   "the replayed rows written")
+        rows = self.usage_rows(obj["id"], relay)
+        ids = [r["request_id"] for r in rows]
+        self.assertEqual(len(ids), len(set(ids)), "a request billed twice")
+        missing = [rid for rid in done if rid not in ids]
+        self.assertEqual(missing, [], "completed requests not billed")
+        for r in rows:  # the usage each answer reported, exactly
+            if r["request_id"] in done:
+                self.assertEqual(r["completion_tokens"], 100 + done[r["request_id"]])
+        self.assertGreater(self.usage_metric(relay, "relay_usage_spool_replayed_total"), 0)
+        k = self.key_state(obj["id"], relay)
+        self.assertEqual(k["request_count"], len(rows))
+        self.assertEqual(k["token_used"], sum(r["total_tokens"] for r in rows))
+        # Rows beyond the completed ones: answers whose row was spooled just before the kill but
+        # whose last bytes never reached the client; the upstream did the work, so they count.
+        self.assertLessEqual(len(rows) - len(done), 50 - len(done))
+
+    def test_without_the_spool_a_kill_loses_the_unflushed_rows(self):
+        """usage.spool: false: what is in the queue (at most one flush interval) is lost."""
+        cfg = write_class_config(type(self), "usage:\n  flush_ms: 60000\n  spool: false\n")
+        relay = self.start_relay({"RELAY_CONFIG": cfg})
+        key, obj = relay.create_key()
+        for _ in range(5):
+            self.assertEqual(relay.request("POST", "/v1/messages", messages_body(),
+                                           hdrs(key)).status, 200)
+        self.assertEqual(self.usage_metric(relay, "relay_usage_write_queue_depth"), 5)
+        self.assertFalse(os.path.exists(os.path.join(relay.data_dir, "usage.spool")))
+        relay.kill()
+        relay.start()
+        self.assertEqual(self.usage_rows(obj["id"], relay), [])
+        self.assertEqual(self.key_state(obj["id"], relay)["request_count"], 0)
+
 if __name__ == "__main__":
     relaytest.main()

@@ -189,6 +189,8 @@ typedef struct relay_options {
     size_t usage_queue_max;       /* 100000 rows held while the database is away */
     int usage_batch_max;          /* 500 rows per transaction */
     int usage_flush_ms;           /* 200: longest a row waits before it is written */
+    int usage_spool;              /* 1: rows appended to data_dir/usage.spool until stored */
+    size_t usage_spool_max_bytes; /* 64 MiB: the spool's bound (past it rows are memory-only) */
     int log_retention_days;       /* 0: keep usage_logs forever */
     const char *tokenizer_file;   /* NULL: heuristic counter; else a tiktoken-format vocabulary */
 

@@ -150,6 +150,10 @@ typedef struct relay_usage_row {
     char client_ip[64];
     char user_agent[256];
     int64_t created_at;
+    /* 32 hex digits, unique per request (relay_usage_record gives one when empty), stored in the
+     * unique column usage_logs.row_uid: a row written twice (a spool replay after a crash) is
+     * refused with RELAY_ERR_CONFLICT, and its counters are not added twice. "" = none. */
+    char row_uid[33];
 } relay_usage_row_t;
 
 /*
@@ -157,6 +161,7 @@ typedef struct relay_usage_row {
  * 1 to request_count, is_error to error_count and sets last_used_at (= max created_at) on each
  * key; upserts usage_daily (day = UTC date of created_at). All or nothing.
  * Rows whose key no longer exists are still logged (api_key_id kept) but touch no counters.
+ * RELAY_ERR_CONFLICT (nothing written) when a row's row_uid is stored already.
  */
 RELAY_API int relay_store_usage_write(relay_store_t *s, const relay_usage_row_t *rows, size_t n);
 
