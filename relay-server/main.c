@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include "relay/auth.h"
+#include "relay/forward.h"
 #include "relay/keys.h"
 #include "relay/store.h"
 #include "relay/usage.h"
@@ -298,6 +299,18 @@ static int wait_and_stop(server_t *s)
         waited += 50;
     }
     int left = __atomic_load_n(&s->inflight, __ATOMIC_SEQ_CST);
+    if (left > 0) {
+        /* Past the grace: streams end now with an SSE error event, billed for what they got. */
+        server_log(RELAY_LOG_WARN, "shutdown.cut", NULL,
+                   "grace period over with %d request(s) in flight; ending them with an error "
+                   "(each is billed for what it produced)",
+                   left);
+        relay_forward_shutdown(s->relay);
+        for (waited = 0; __atomic_load_n(&s->inflight, __ATOMIC_SEQ_CST) > 0 && waited < 10000;
+             waited += 50)
+            sleep_ms(50);
+        left = __atomic_load_n(&s->inflight, __ATOMIC_SEQ_CST);
+    }
     pthread_t t;
     int have_thread = pthread_create(&t, NULL, stop_thread, s) == 0;
     for (int i = 0; have_thread && i < 100 && !__atomic_load_n(&s->stopped, __ATOMIC_SEQ_CST); i++)

@@ -317,5 +317,84 @@ class UsageSpool(relaytest.RelayTestCase):
         self.assertEqual(self.usage_rows(obj["id"], relay), [])
         self.assertEqual(self.key_state(obj["id"], relay)["request_count"], 0)
 
+class Shutdown(relaytest.RelayTestCase):
+    """SIGTERM with 100 streams open: each finishes within server.shutdown_grace_seconds, or
+    past it ends with an SSE error event; every one is billed; the exit code is 0."""
+
+    START_RELAY = False
+    STREAMS = 100
+
+    def open_streams(self, relay, key):
+        out = []
+
+        def one(i):
+            body = messages_body(stream=True, fake_scenario={"usage": {"output_tokens": 50 + i}})
+            try:
+                r = relay.request("POST", "/v1/messages", body, hdrs(key), timeout=60)
+                out.append((r.status, relaytest.parse_sse(r.body)))
+            except Exception as e:  # noqa: BLE001
+                out.append((0, repr(e)))
+        threads = [threading.Thread(target=one, args=(i,), daemon=True)
+                   for i in range(self.STREAMS)]
+        for t in threads:
+            t.start()
+        self.fake.wait_inflight(self.STREAMS, timeout=30)
+        return out, threads
+
+    def terminate(self, relay, threads):
+        relay.proc.send_signal(relaytest.signal.SIGTERM)
+        for t in threads:
+            t.join(60)
+        return relay.proc.wait(60)
+
+    def relay_with_grace(self, grace):
+        cfg = write_class_config(type(self), "server:\n  shutdown_grace_seconds: %d\n" % grace)
+        relay = self.start_relay({"RELAY_CONFIG": cfg})
+        key, obj = relay.create_key(rate_limit_tier="unlimited")
+        return relay, key, obj
+
+    def test_streams_finish_within_the_grace_period(self):
+        relay, key, obj = self.relay_with_grace(30)
+        self.fake.set_scenario(deltas=20)
+        self.fake.set_delay(per_event_ms=100)  # about 2.5 s per stream
+        out, threads = self.open_streams(relay, key)
+        relay.proc.send_signal(relaytest.signal.SIGTERM)
+        relay.wait_for_log("shutdown.begin", 10)
+        r = relay.request("POST", "/v1/messages", messages_body(), hdrs(key))
+        self.assertEqual(r.status, 503)  # new requests are turned away while draining
+        self.assertEqual(r.json()["error"]["type"], "api_error")
+        for t in threads:
+            t.join(60)
+        self.assertEqual(relay.proc.wait(60), 0)
+        self.assertEqual([st for st, _ in out], [200] * self.STREAMS)
+        self.assertEqual([ev[-1]["event"] for _, ev in out], ["message_stop"] * self.STREAMS)
+        rows = self.usage_rows(obj["id"], relay)
+        self.assertEqual(len(rows), self.STREAMS)
+        self.assertEqual(sorted(r["completion_tokens"] for r in rows),
+                         list(range(50, 50 + self.STREAMS)))
+        self.assertFalse(any(r["estimated"] for r in rows))
+        self.assertFalse(any("shutdown.cut" in line for line in relay.stderr_lines()))
+
+    def test_streams_past_the_grace_period_end_with_an_error_event(self):
+        relay, key, obj = self.relay_with_grace(1)
+        self.fake.set_scenario(deltas=200)
+        self.fake.set_delay(per_event_ms=100)  # 20 s per stream, far past the grace
+        out, threads = self.open_streams(relay, key)
+        t0 = time.monotonic()
+        self.assertEqual(self.terminate(relay, threads), 0)
+        self.assertLess(time.monotonic() - t0, 20)
+        self.assertEqual([st for st, _ in out], [200] * self.STREAMS)
+        for _, ev in out:
+            self.assertEqual(ev[-1]["event"], "error")
+            self.assertEqual(ev[-1]["data"]["error"]["type"], "api_error")
+            self.assertIn("shutting down", ev[-1]["data"]["error"]["message"])
+            self.assertGreater(sum(1 for e in ev if e["event"] == "content_block_delta"), 0)
+        relay.wait_for_log("shutdown.cut", 1)
+        rows = self.usage_rows(obj["id"], relay)
+        self.assertEqual(len(rows), self.STREAMS)  # every one billed, for what it produced
+        self.assertTrue(all(r["estimated"] and r["is_error"] for r in rows))
+        self.assertTrue(all(r["prompt_tokens"] == 25 and r["completion_tokens"] > 0
+                            for r in rows))
+
 if __name__ == "__main__":
     relaytest.main()
