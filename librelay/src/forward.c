@@ -45,7 +45,7 @@ struct relay_forward_state {
     pthread_mutex_t pool_mu;
     pooled_t *pool; /* a stack: the top was used last */
     size_t n_pool, cap_pool;
-    uint64_t retries; /* atomic */
+    uint64_t retries;  /* atomic */
     int shutting_down; /* atomic: relay_forward_shutdown was called */
 };
 
