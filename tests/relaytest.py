@@ -689,6 +689,42 @@ class PgCluster:
             shutil.rmtree(self.dir, ignore_errors=True)
 
 
+class RedisServer:
+    """A throwaway redis-server of its own on 127.0.0.1 (no persistence), for a test that kills
+    and restarts Redis under the relay. Raises unittest.SkipTest without redis-server. kill()
+    is SIGKILL by PID; start() again on the same port; register stop() with addCleanup."""
+
+    def __init__(self, port=None):
+        if not shutil.which("redis-server"):
+            raise unittest.SkipTest("redis-server not installed")
+        self.port = port or free_port()
+        self.url = "redis://127.0.0.1:%d/0" % self.port
+        self.proc = None
+        self.start()
+
+    def ping(self):
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), 1) as s:
+                s.sendall(b"PING\r\n")
+                return s.recv(64).startswith(b"+PONG")
+        except OSError:
+            return False
+
+    def start(self):
+        self.proc = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_until(self.ping, 10, "redis-server to answer")
+        return self
+
+    def kill(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(10)
+
+    stop = kill
+
+
 def _resp_command(sock, *args):
     msg = b"*%d\r\n" % len(args) + b"".join(
         b"$%d\r\n%s\r\n" % (len(a), a) for a in (x.encode() for x in args))

@@ -396,5 +396,53 @@ class Shutdown(relaytest.RelayTestCase):
         self.assertTrue(all(r["prompt_tokens"] == 25 and r["completion_tokens"] > 0
                             for r in rows))
 
+class RedisOutage(OutageBase):
+    """Redis SIGKILLed under load and started again, empty: no request fails, the limits are
+    decided in memory meanwhile, and the shared limiter takes over again from the store."""
+
+    def test_limits_fall_back_to_memory_and_reconverge(self):
+        redis = relaytest.RedisServer()
+        self.addCleanup(redis.stop)
+        relay = self.start_relay({"RELAY_CONFIG": self.config(), "REDIS_URL": redis.url})
+        st, js, _ = relay.json_request("PUT", "/admin/rate-limit-tiers/five",
+                                       {"requests": 5, "period": 3600}, relay.admin_headers())
+        self.assertEqual(st, 200, js)
+        key, key_obj = relay.create_key(rate_limit_tier="unlimited")
+        quota_key, quota_obj = relay.create_key(rate_limit_tier="unlimited",
+                                                token_limit=10 * BILLED)
+        rate_key, _ = relay.create_key(rate_limit_tier="five")
+        send_q = lambda: self.send(relay, quota_key, max_tokens=10).status  # noqa: E731
+        send_r = lambda: self.send(relay, rate_key).status  # noqa: E731
+        queue_empty = lambda: self.metric(relay, "relay_usage_write_queue_depth") == 0  # noqa
+
+        load = Load(relay, key, threads=4)
+        self.assertEqual([send_q() for _ in range(4)], [200] * 4)
+        self.assertEqual([send_r() for _ in range(6)], [200] * 5 + [429])
+        wait_until(queue_empty, 10, "rows written")
+
+        redis.kill()
+        wait_until(lambda: self.health(relay)[1]["redis"] == "down", 10, "redis down")
+        n_down = load.count()
+        # In memory now: the tier's window starts empty here, and it is still enforced.
+        self.assertEqual([send_r() for _ in range(6)], [200] * 5 + [429])
+        # The quota counts on from the store's counter: 3 more of the 10.
+        self.assertEqual([send_q() for _ in range(3)], [200] * 3)
+        wait_until(lambda: load.count() >= n_down + 30, 30, "load during the outage")
+        wait_until(queue_empty, 10, "rows written")
+
+        redis.start()  # empty: no persistence
+        wait_until(lambda: self.health(relay)[1]["redis"] == "ok", 15, "redis ok again")
+        n_back = load.count()
+        wait_until(lambda: load.count() >= n_back + 30, 30, "load with Redis back")
+        # Re-converged: Redis's quota restarts from the store's 7 answers; exactly 3 more fit.
+        self.assertEqual([send_q() for _ in range(4)], [200] * 3 + [429])
+        results = load.stop()
+        self.assertEqual([r for r in results if not r[1]], [], "a request failed")
+        rows, k = self.wait_billed(relay, key_obj["id"], len(results))
+        self.assertEqual(k["token_used"], BILLED * len(results))
+        self.assertEqual(self.key_state(quota_obj["id"], relay)["token_used"], 10 * BILLED)
+        relay.wait_for_log("limits.redis_down", 1)
+        relay.wait_for_log("limits.redis_up", 1)
+
 if __name__ == "__main__":
     relaytest.main()
