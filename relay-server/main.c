@@ -559,6 +559,9 @@ static int run(cli_t *c)
         sigaction(SIGTERM, &sa, NULL);
         sigaction(SIGINT, &sa, NULL);
         signal(SIGPIPE, SIG_IGN);
+        /* A file size limit (RLIMIT_FSIZE) fails the write with EFBIG, reported like a full
+         * disk, instead of killing the relay with its streams. */
+        signal(SIGXFSZ, SIG_IGN);
         rc = cmd_serve(cfg);
     }
     relay_config_free(cfg);

@@ -306,31 +306,49 @@ int relay_health_database(relay_t *r)
 /*
  * ---- the database's state: one transition logged per outage, not one line per request ----
  * what is shown on /health (public: it never names hosts or users); detail only goes to the log.
+ * A failure of the usage writer (real writes: a full disk fails them, the probe's empty
+ * transaction not) is cleared only by the writer's next success, so the two cannot flap.
  */
-void relay_db_note(relay_t *r, int ok, const char *what, const char *detail)
+static void db_note(relay_t *r, int ok, int writer, const char *what, const char *detail)
 {
     if (ok && !__atomic_load_n(&r->db_down, __ATOMIC_RELAXED))
         return; /* the common case: no lock */
     pthread_mutex_lock(&r->db_mu);
     int was_down = r->db_down;
+    if (ok && was_down && r->db_down_by_writer && !writer) {
+        pthread_mutex_unlock(&r->db_mu);
+        return;
+    }
     int64_t since = r->db_down_since, now = relay_now();
     if (!ok) {
         relay_strlcpy(r->db_what, what ? what : "a query failed", sizeof r->db_what);
         if (!was_down)
             r->db_down_since = now;
+        r->db_down_by_writer = writer || (was_down && r->db_down_by_writer);
     }
     __atomic_store_n(&r->db_down, !ok, __ATOMIC_RELAXED);
     pthread_mutex_unlock(&r->db_mu);
     if (!ok && !was_down)
-        relay_log(
-            r, RELAY_LOG_ERROR, "database.down", NULL,
-            "database unavailable (%s%s%s): %s; usage rows wait in the queue",
-            what ? what : "a query failed", detail && *detail ? ": " : "", detail ? detail : "",
-            r->opts.db_outage_fail_closed ? "requests are refused (database.outage: fail_closed)"
-                                          : "keys verified before are served from the cache");
+        relay_log(r, RELAY_LOG_ERROR, "database.down", NULL,
+                  "database unavailable (%s%s%s): %s; usage rows wait in the queue",
+                  what ? what : "a query failed", detail && *detail ? ": " : "",
+                  detail ? detail : "",
+                  r->opts.db_outage_fail_closed
+                      ? "requests are refused (database.outage: fail_closed)"
+                      : "keys verified before are served from the cache");
     else if (ok && was_down)
-        relay_log(r, RELAY_LOG_INFO, "database.up", NULL, "database available again after %lld s",
-                  (long long)(now - since));
+        relay_log(r, RELAY_LOG_INFO, "database.up", NULL,
+                  "database available again after %lld s", (long long)(now - since));
+}
+
+void relay_db_note(relay_t *r, int ok, const char *what, const char *detail)
+{
+    db_note(r, ok, 0, what, detail);
+}
+
+void relay_db_note_write(relay_t *r, int ok, const char *detail)
+{
+    db_note(r, ok, 1, "writing usage rows failed", detail);
 }
 
 int relay_db_is_down(relay_t *r)

@@ -1021,6 +1021,12 @@ static int op_usage_write(relay_store_t *s, relay_store_conn_t *c, void *arg, re
 
 int relay_store_usage_write(relay_store_t *s, const relay_usage_row_t *rows, size_t n)
 {
+    return relay_store_usage_write_err(s, rows, n, NULL);
+}
+
+int relay_store_usage_write_err(relay_store_t *s, const relay_usage_row_t *rows, size_t n,
+                                relay_error_t *err)
+{
     if (!s || (n && !rows))
         return RELAY_ERR_INVALID;
     if (n == 0)
@@ -1034,7 +1040,7 @@ int relay_store_usage_write(relay_store_t *s, const relay_usage_row_t *rows, siz
     if (b.ids && b.created && b.keys && b.days) {
         rc = usage_aggregate(&b, relay_now());
         if (!rc)
-            rc = run(s, op_usage_write, &b, OP_WRITE, NULL);
+            rc = run(s, op_usage_write, &b, OP_WRITE, err);
     }
     free(b.ids);
     free(b.created);

@@ -264,10 +264,11 @@ static void *writer_main(void *arg)
         if (u->spool && relay_spool_sync(u->spool) != 0)
             relay_log(r, RELAY_LOG_ERROR, "usage.spool_sync_failed", NULL,
                       "fdatasync of the usage spool failed: a power loss now could lose rows");
-        int rc = relay_store_usage_write(r->store, batch, n);
+        relay_error_t e = {0};
+        int rc = relay_store_usage_write_err(r->store, batch, n, &e);
         if (rc == RELAY_ERR_INVALID || rc == RELAY_ERR_CONFLICT)
             rc = write_one_by_one(r, batch, n, &done);
-        relay_db_note(r, rc != RELAY_ERR_STORE, "writing usage rows failed", NULL);
+        relay_db_note_write(r, rc != RELAY_ERR_STORE, e.message);
         pthread_mutex_lock(&u->mu);
         if (rc != 0 && done)
             commit_batch(u, done); /* never write those again */
@@ -281,7 +282,7 @@ static void *writer_main(void *arg)
         pthread_mutex_unlock(&u->mu);
         relay_log(r, RELAY_LOG_WARN, "usage.write_failed", NULL,
                   "writing %zu usage rows failed (%s); retrying in %d ms, rows kept", n,
-                  relay_strerror(rc), backoff_ms);
+                  e.message[0] ? e.message : relay_strerror(rc), backoff_ms);
         pthread_mutex_lock(&u->mu);
         /* On stop, keep trying for a bounded time so rows are not lost to a brief outage. */
         if (u->stopping && backoff_ms >= 3200)
@@ -289,7 +290,7 @@ static void *writer_main(void *arg)
         struct timespec dl;
         relay_deadline_in(&dl, backoff_ms);
         pthread_cond_timedwait(&u->wake, &u->mu, &dl);
-        backoff_ms = backoff_ms < 5000 ? backoff_ms * 2 : 5000;
+        backoff_ms = backoff_ms < 2500 ? backoff_ms * 2 : 5000;
     }
     size_t left = u->count;
     pthread_mutex_unlock(&u->mu);

@@ -11,7 +11,10 @@ spans six of the default 5 s: the same path, in a fraction of the time.
 """
 
 import fcntl
+import json
 import os
+import resource
+import sqlite3
 import threading
 import time
 
@@ -443,6 +446,61 @@ class RedisOutage(OutageBase):
         self.assertEqual(self.key_state(quota_obj["id"], relay)["token_used"], 10 * BILLED)
         relay.wait_for_log("limits.redis_down", 1)
         relay.wait_for_log("limits.redis_up", 1)
+
+class DiskFull(OutageBase):
+    """No room for the SQLite file and the spool: RLIMIT_FSIZE lowered to 4 KiB on the running
+    relay (prlimit; it ignores SIGXFSZ, so a write fails with EFBIG as on a full disk). Works as
+    root in a container, where mounting a small tmpfs may not."""
+
+    def spool_lines(self, relay):
+        with open(os.path.join(relay.data_dir, "usage.spool"), "rb") as f:
+            data = f.read()
+        self.assertTrue(data == b"" or data.endswith(b"\n"), "half a row in the spool")
+        return [json.loads(line) for line in data.splitlines()]
+
+    def test_requests_served_nothing_half_written_all_rows_stored_after(self):
+        relay = self.start_relay({"RELAY_CONFIG": self.config()})
+        key, key_obj = relay.create_key(rate_limit_tier="unlimited")
+        self.assertEqual(self.send(relay, key).status, 200)
+        self.wait_billed(relay, key_obj["id"], 1)
+        soft, hard = resource.prlimit(relay.pid, resource.RLIMIT_FSIZE)
+        resource.prlimit(relay.pid, resource.RLIMIT_FSIZE, (4096, hard))
+        limited = True
+        try:
+            load = Load(relay, key, threads=2)
+            relay.wait_for_log(lambda l: "usage.spool_write_failed" in l and
+                               "File too large" in l, 20)
+            relay.wait_for_log(lambda l: "usage.write_failed" in l and (
+                "disk I/O error" in l or "full" in l), 20)
+            st, h = self.wait_degraded(relay)
+            self.assertEqual(st, 200)
+            self.assertEqual(self.metric(relay, "relay_database_up"), 0)
+            self.assertGreater(self.metric(relay, "relay_usage_spool_errors_total"), 0)
+            spooled = self.spool_lines(relay)  # whole rows only, within the limit
+            self.assertGreater(len(spooled), 0)
+            self.assertLessEqual(os.path.getsize(os.path.join(relay.data_dir, "usage.spool")),
+                                 4096)
+            t0 = time.monotonic()
+            wait_until(lambda: load.count() >= 30 and time.monotonic() - t0 >= 2, 30,
+                       "2 s and 30 requests on a full disk")
+            self.assertEqual(self.health(relay)[1]["status"], "degraded")
+            results = load.stop()
+            resource.prlimit(relay.pid, resource.RLIMIT_FSIZE, (soft, hard))
+            limited = False
+        finally:
+            if limited:
+                resource.prlimit(relay.pid, resource.RLIMIT_FSIZE, (soft, hard))
+        self.assertEqual([r for r in results if not r[1]], [], "a request failed")
+        rows, k = self.wait_billed(relay, key_obj["id"], 1 + len(results))
+        self.assertEqual(k["token_used"], BILLED * (1 + len(results)))
+        wait_until(lambda: self.health(relay)[1]["status"] == "ok", 20, "/health ok again")
+        wait_until(lambda: self.spool_lines(relay) == [], 10, "the spool emptied")
+        db = sqlite3.connect(os.path.join(relay.data_dir, "relay.db"))
+        try:
+            self.assertEqual(db.execute("PRAGMA integrity_check").fetchall(), [("ok",)])
+        finally:
+            db.close()
+        relay.wait_for_log("database.up", 5)
 
 if __name__ == "__main__":
     relaytest.main()
