@@ -329,16 +329,15 @@ static void db_note(relay_t *r, int ok, int writer, const char *what, const char
     __atomic_store_n(&r->db_down, !ok, __ATOMIC_RELAXED);
     pthread_mutex_unlock(&r->db_mu);
     if (!ok && !was_down)
-        relay_log(r, RELAY_LOG_ERROR, "database.down", NULL,
-                  "database unavailable (%s%s%s): %s; usage rows wait in the queue",
-                  what ? what : "a query failed", detail && *detail ? ": " : "",
-                  detail ? detail : "",
-                  r->opts.db_outage_fail_closed
-                      ? "requests are refused (database.outage: fail_closed)"
-                      : "keys verified before are served from the cache");
+        relay_log(
+            r, RELAY_LOG_ERROR, "database.down", NULL,
+            "database unavailable (%s%s%s): %s; usage rows wait in the queue",
+            what ? what : "a query failed", detail && *detail ? ": " : "", detail ? detail : "",
+            r->opts.db_outage_fail_closed ? "requests are refused (database.outage: fail_closed)"
+                                          : "keys verified before are served from the cache");
     else if (ok && was_down)
-        relay_log(r, RELAY_LOG_INFO, "database.up", NULL,
-                  "database available again after %lld s", (long long)(now - since));
+        relay_log(r, RELAY_LOG_INFO, "database.up", NULL, "database available again after %lld s",
+                  (long long)(now - since));
 }
 
 void relay_db_note(relay_t *r, int ok, const char *what, const char *detail)

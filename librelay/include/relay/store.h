@@ -165,8 +165,8 @@ typedef struct relay_usage_row {
  */
 RELAY_API int relay_store_usage_write(relay_store_t *s, const relay_usage_row_t *rows, size_t n);
 /* The same, with the driver's message in err (e.g. "sqlite: database or disk is full"). */
-RELAY_API int relay_store_usage_write_err(relay_store_t *s, const relay_usage_row_t *rows,
-                                          size_t n, relay_error_t *err);
+RELAY_API int relay_store_usage_write_err(relay_store_t *s, const relay_usage_row_t *rows, size_t n,
+                                          relay_error_t *err);
 
 typedef struct relay_usage_query {
     const char *api_key_id; /* NULL: all keys */
