@@ -344,9 +344,9 @@ class TestPostgres(relaytest.RelayTestCase):
         finally:
             subprocess.run(["bash", script, "restart", pg_dir], check=True, capture_output=True,
                            timeout=60)
-        r = wait_until(lambda: (lambda r: r if r.status == 200 else None)(
-            s.request("GET", "/health", timeout=20)), 30, "health 200 again")
-        self.assertEqual(r.json()["database"], "ok")
+        r = wait_until(lambda: (lambda r: r if r.json()["database"] == "ok" else None)(
+            s.request("GET", "/health", timeout=20)), 30, "health database ok again")
+        self.assertEqual((r.status, r.json()["status"]), (200, "ok"))
         s.stop()
 
 
