@@ -218,8 +218,9 @@ void relay_spool_close(relay_spool_t *sp)
 
 /* ---- replay ---- */
 
-/* The whole file (at most cap bytes; NULL when absent or empty). */
-static char *slurp(const char *path, size_t cap, size_t *len)
+/* The whole file (NULL when absent or empty). Not capped by max_bytes: a spool written under a
+ * larger bound is still read whole, never cut into a "torn" last row. */
+static char *slurp(const char *path, size_t *len)
 {
     *len = 0;
     int fd = open(path, O_RDONLY | O_CLOEXEC);
@@ -230,7 +231,7 @@ static char *slurp(const char *path, size_t cap, size_t *len)
         close(fd);
         return NULL;
     }
-    size_t want = (size_t)stt.st_size < cap ? (size_t)stt.st_size : cap;
+    size_t want = (size_t)stt.st_size;
     char *buf = malloc(want + 1);
     while (buf && *len < want) {
         ssize_t n = read(fd, buf + *len, want - *len);
@@ -278,14 +279,14 @@ size_t relay_spool_replay(relay_spool_t *sp, uint64_t (*fn)(void *ud, const rela
 {
     size_t n = 0, len;
     pthread_mutex_lock(&sp->mu);
-    char *buf = slurp(sp->sealed, sp->max_bytes, &len);
+    char *buf = slurp(sp->sealed, &len);
     if (buf) {
         sp->sealed_bytes = replay_buf(sp, buf, len, fn, ud, &n);
         sp->have_sealed = 1;
         sp->sealed_last_seq = sp->last_seq;
         free(buf);
     }
-    buf = slurp(sp->path, sp->max_bytes, &len);
+    buf = slurp(sp->path, &len);
     if (buf) {
         sp->active_bytes = replay_buf(sp, buf, len, fn, ud, &n);
         if (sp->active_bytes < len && ftruncate(sp->fd, (off_t)sp->active_bytes) != 0)
