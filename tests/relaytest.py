@@ -669,7 +669,7 @@ class PgCluster:
 
     def _run(self, cmd):
         out = subprocess.run(["sh", self.script, cmd, self.dir], capture_output=True,
-                             text=True, timeout=90)
+                             text=True, timeout=240)  # initdb on a loaded CI machine
         if out.returncode != 0:
             raise RuntimeError("pg-test-server.sh %s: %s" % (cmd, out.stderr.strip()))
         return out.stdout
