@@ -665,7 +665,11 @@ class PgCluster:
                                     % pg_bin)
         self.dir = tempfile.mkdtemp(prefix="relay-pg-", dir="/tmp")
         os.chmod(self.dir, 0o755)  # as root the script runs PostgreSQL as the postgres user
-        self.url = self._run("start").strip().splitlines()[-1]
+        try:
+            self.url = self._run("start").strip().splitlines()[-1]
+        except BaseException:
+            self.destroy()  # the caller never gets an object to clean up
+            raise
 
     def _run(self, cmd):
         out = subprocess.run(["sh", self.script, cmd, self.dir], capture_output=True,
