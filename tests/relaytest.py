@@ -688,7 +688,7 @@ class PgCluster:
         if os.path.isdir(self.dir):
             try:
                 self._run("stop")
-            except RuntimeError:
+            except (RuntimeError, subprocess.TimeoutExpired):
                 pass
             shutil.rmtree(self.dir, ignore_errors=True)
 
