@@ -14,6 +14,7 @@
 
 #include "relay/admin.h"
 #include "relay/auth.h"
+#include "relay/forward.h"
 #include "relay/keys.h"
 #include "relay/stats.h"
 #include "relay/store.h"
@@ -301,6 +302,18 @@ static int wait_and_stop(server_t *s)
         waited += 50;
     }
     int left = __atomic_load_n(&s->inflight, __ATOMIC_SEQ_CST);
+    if (left > 0) {
+        /* Past the grace: streams end now with an SSE error event, billed for what they got. */
+        server_log(RELAY_LOG_WARN, "shutdown.cut", NULL,
+                   "grace period over with %d request(s) in flight; ending them with an error "
+                   "(each is billed for what it produced)",
+                   left);
+        relay_forward_shutdown(s->relay);
+        for (waited = 0; __atomic_load_n(&s->inflight, __ATOMIC_SEQ_CST) > 0 && waited < 10000;
+             waited += 50)
+            sleep_ms(50);
+        left = __atomic_load_n(&s->inflight, __ATOMIC_SEQ_CST);
+    }
     pthread_t t;
     int have_thread = pthread_create(&t, NULL, stop_thread, s) == 0;
     for (int i = 0; have_thread && i < 100 && !__atomic_load_n(&s->stopped, __ATOMIC_SEQ_CST); i++)
@@ -512,6 +525,7 @@ static int cmd_keys(relay_config_t *cfg, char **args, int n)
     char secret[128];
     if (ensure_secret_key(cfg, secret, sizeof secret) != 0)
         return 1;
+    cfg->relay.usage_spool = 0; /* the serving process owns the spool; this one writes no rows */
     relay_t *r = open_relay(cfg);
     if (!r)
         return 1;
@@ -573,6 +587,9 @@ static int run(cli_t *c)
         sigaction(SIGTERM, &sa, NULL);
         sigaction(SIGINT, &sa, NULL);
         signal(SIGPIPE, SIG_IGN);
+        /* A file size limit (RLIMIT_FSIZE) fails the write with EFBIG, reported like a full
+         * disk, instead of killing the relay with its streams. */
+        signal(SIGXFSZ, SIG_IGN);
         rc = cmd_serve(cfg);
     }
     relay_config_free(cfg);

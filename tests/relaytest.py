@@ -649,6 +649,86 @@ class PgDatabase:
         _psql(self.base_url, 'DROP DATABASE IF EXISTS "%s" WITH (FORCE)' % self.name)
 
 
+class PgCluster:
+    """A throwaway PostgreSQL cluster of its own (scripts/pg-test-server.sh), for a test that
+    stops and starts the server under the relay. Raises unittest.SkipTest when PostgreSQL's
+    binaries are not installed. stop()/start() keep the port; destroy() stops it and deletes
+    its directory (register it with addCleanup/addClassCleanup first)."""
+
+    def __init__(self):
+        src = os.environ.get("RELAY_SOURCE_DIR") or os.path.dirname(os.path.dirname(
+            os.path.abspath(__file__)))
+        self.script = os.path.join(src, "scripts", "pg-test-server.sh")
+        pg_bin = os.environ.get("PG_BIN", "/usr/lib/postgresql/15/bin")
+        if not os.access(os.path.join(pg_bin, "pg_ctl"), os.X_OK) or not shutil.which("psql"):
+            raise unittest.SkipTest("PostgreSQL server binaries (%s) or psql not installed"
+                                    % pg_bin)
+        self.dir = tempfile.mkdtemp(prefix="relay-pg-", dir="/tmp")
+        os.chmod(self.dir, 0o755)  # as root the script runs PostgreSQL as the postgres user
+        try:
+            self.url = self._run("start").strip().splitlines()[-1]
+        except BaseException:
+            self.destroy()  # the caller never gets an object to clean up
+            raise
+
+    def _run(self, cmd):
+        out = subprocess.run(["sh", self.script, cmd, self.dir], capture_output=True,
+                             text=True, timeout=240)  # initdb on a loaded CI machine
+        if out.returncode != 0:
+            raise RuntimeError("pg-test-server.sh %s: %s" % (cmd, out.stderr.strip()))
+        return out.stdout
+
+    def stop(self):
+        self._run("stop")
+
+    def start(self):
+        self._run("start")
+
+    def destroy(self):
+        if os.path.isdir(self.dir):
+            try:
+                self._run("stop")
+            except (RuntimeError, subprocess.TimeoutExpired):
+                pass
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class RedisServer:
+    """A throwaway redis-server of its own on 127.0.0.1 (no persistence), for a test that kills
+    and restarts Redis under the relay. Raises unittest.SkipTest without redis-server. kill()
+    is SIGKILL by PID; start() again on the same port; register stop() with addCleanup."""
+
+    def __init__(self, port=None):
+        if not shutil.which("redis-server"):
+            raise unittest.SkipTest("redis-server not installed")
+        self.port = port or free_port()
+        self.url = "redis://127.0.0.1:%d/0" % self.port
+        self.proc = None
+        self.start()
+
+    def ping(self):
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), 1) as s:
+                s.sendall(b"PING\r\n")
+                return s.recv(64).startswith(b"+PONG")
+        except OSError:
+            return False
+
+    def start(self):
+        self.proc = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_until(self.ping, 10, "redis-server to answer")
+        return self
+
+    def kill(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(10)
+
+    stop = kill
+
+
 def _resp_command(sock, *args):
     msg = b"*%d\r\n" % len(args) + b"".join(
         b"$%d\r\n%s\r\n" % (len(a), a) for a in (x.encode() for x in args))

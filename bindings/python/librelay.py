@@ -72,6 +72,7 @@ class relay_options_t(ctypes.Structure):
         ("drain_timeout_ms", ctypes.c_int),
         ("database_url", _c_str), ("data_dir", _c_str), ("db_pool_size", ctypes.c_int),
         ("auto_migrate", ctypes.c_int), ("redis_url", _c_str), ("redis_timeout_ms", ctypes.c_int),
+        ("db_busy_timeout_ms", ctypes.c_int), ("db_outage_fail_closed", ctypes.c_int),
         ("key_prefix", _c_str), ("default_token_limit", _c_int64),
         ("warning_threshold", ctypes.c_double), ("bcrypt_cost", ctypes.c_int),
         ("key_cache_ttl_ms", ctypes.c_int), ("key_cache_max", ctypes.c_size_t),
@@ -89,6 +90,7 @@ class relay_options_t(ctypes.Structure):
         ("budget_timezone", _c_str), ("budget_week_start_day", ctypes.c_int),
         ("budget_week_start_minute", ctypes.c_int), ("usage_queue_max", ctypes.c_size_t),
         ("usage_batch_max", ctypes.c_int), ("usage_flush_ms", ctypes.c_int),
+        ("usage_spool", ctypes.c_int), ("usage_spool_max_bytes", ctypes.c_size_t),
         ("log_retention_days", ctypes.c_int), ("tokenizer_file", _c_str),
         ("log_fn", _LOG_FN), ("log_ud", ctypes.c_void_p), ("log_level", ctypes.c_int),
     ]

@@ -559,6 +559,8 @@ static void seed(relay_t *r, const relay_key_record_t *key, const char *tier, in
     budget_t todo[MAX_BUDGETS];
     size_t n = 0;
     int rc = 0;
+    if (relay_db_is_down(r))
+        return; /* no query per request while it is away: decided on this instance's count */
     pthread_mutex_lock(&bs->mu);
     bkey_t *k = bkey_get(bs, key, tier);
     for (size_t i = 0; k && !rc && i < k->n && n < MAX_BUDGETS; i++)
@@ -574,6 +576,8 @@ static void seed(relay_t *r, const relay_key_record_t *key, const char *tier, in
         failed |= !ok;
         budget_free(&todo[i]);
     }
+    if (failed)
+        relay_db_note(r, 0, "reading a key's spend failed", NULL);
     if (failed)
         relay_log(r, RELAY_LOG_WARN, "budgets.seed_failed", NULL,
                   "cannot read the spend of key %s from the store; deciding on this instance's "

@@ -1102,6 +1102,23 @@ static int f_db_url(ctx_t *x, yaml_node_t *n, const field_t *f, void *base)
     return 0;
 }
 
+/* database.outage: what a database outage does to requests of keys the cache knows. */
+static int f_db_outage(ctx_t *x, yaml_node_t *n, const field_t *f, void *base)
+{
+    (void)f, (void)base;
+    const char *s;
+    int rc = scalar(x, n, "serve_cached or fail_closed", &s);
+    if (rc || !s)
+        return rc;
+    if (strcmp(s, "serve_cached") == 0)
+        x->c->relay.db_outage_fail_closed = 0;
+    else if (strcmp(s, "fail_closed") == 0)
+        x->c->relay.db_outage_fail_closed = 1;
+    else
+        return fail(x, n, "expected serve_cached or fail_closed");
+    return 0;
+}
+
 static int f_default_tier(ctx_t *x, yaml_node_t *n, const field_t *f, void *base)
 {
     int rc = f_str(x, n, f, base);
@@ -1387,6 +1404,8 @@ static const field_t DATABASE[] = {
     CUSTOM("url", f_db_url),
     INT("pool_size", relay.db_pool_size, 1, 1024),
     BOOL("auto_migrate", relay.auto_migrate),
+    CUSTOM("outage", f_db_outage),
+    INT("busy_timeout_ms", relay.db_busy_timeout_ms, 1, 600000),
     END,
 };
 
@@ -1442,6 +1461,8 @@ static const field_t USAGE[] = {
     SIZE("queue_max", relay.usage_queue_max, 1, 100000000),
     INT("batch_max", relay.usage_batch_max, 1, 100000),
     INT("flush_ms", relay.usage_flush_ms, 1, 3600000),
+    BOOL("spool", relay.usage_spool),
+    SIZE("spool_max_bytes", relay.usage_spool_max_bytes, 4096, (size_t)1 << 40),
     INT("retention_days", relay.log_retention_days, 0, 36500),
     STR("tokenizer_file", relay.tokenizer_file, NULL),
     END,

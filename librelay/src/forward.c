@@ -45,8 +45,20 @@ struct relay_forward_state {
     pthread_mutex_t pool_mu;
     pooled_t *pool; /* a stack: the top was used last */
     size_t n_pool, cap_pool;
-    uint64_t retries; /* atomic */
+    uint64_t retries;  /* atomic */
+    int shutting_down; /* atomic: relay_forward_shutdown was called */
 };
+
+void relay_forward_shutdown(relay_t *r)
+{
+    if (r && r->forward)
+        __atomic_store_n(&r->forward->shutting_down, 1, __ATOMIC_SEQ_CST);
+}
+
+static int shutting_down(relay_t *r)
+{
+    return __atomic_load_n(&r->forward->shutting_down, __ATOMIC_RELAXED);
+}
 
 void relay_forward_count_retry(relay_t *r)
 {
@@ -309,7 +321,9 @@ typedef struct fwd {
     relay_loop_t *loop;            /* the I/O thread running the current attempt */
 } fwd_t;
 
-enum { ABORT_NONE, ABORT_FIRST_BYTE, ABORT_IDLE, ABORT_TOTAL, ABORT_DRAIN };
+enum { ABORT_NONE, ABORT_FIRST_BYTE, ABORT_IDLE, ABORT_TOTAL, ABORT_DRAIN, ABORT_SHUTDOWN };
+
+#define SHUTDOWN_MSG "the relay is shutting down; this answer was cut short (retry it)"
 
 static int is_retryable_status(int s)
 {
@@ -532,7 +546,9 @@ static size_t on_body(char *data, size_t size, size_t nmemb, void *ud)
 static int deadline_passed(fwd_t *f, int64_t now)
 {
     const relay_options_t *o = &f->r->opts;
-    if (gone(f) && now > __atomic_load_n(&f->drain_deadline, __ATOMIC_SEQ_CST))
+    if (shutting_down(f->r))
+        f->abort_reason = ABORT_SHUTDOWN;
+    else if (gone(f) && now > __atomic_load_n(&f->drain_deadline, __ATOMIC_SEQ_CST))
         f->abort_reason = ABORT_DRAIN;
     else if (!f->t_last_rx && now - f->t_attempt > (int64_t)(o->first_byte_timeout_s * 1000))
         f->abort_reason = ABORT_FIRST_BYTE;
@@ -814,11 +830,12 @@ static int perform(fwd_t *f, CURL *h, const relay_http_request_t *req)
         cc = run_attempt(f, h, attempt);
         int failed_before_client =
             !f->head_sent && !f->got_2xx_body && (cc != CURLE_OK || f->discard);
-        if (!failed_before_client || attempt >= f->r->opts.max_retries)
+        if (!failed_before_client || attempt >= f->r->opts.max_retries || shutting_down(f->r))
             break;
         int wait = backoff_ms(f->r, attempt, f->discard ? f->retry_after_s : -1);
         log_retry(f, attempt, cc, wait);
-        sleep_ms(wait);
+        for (; wait > 0 && !shutting_down(f->r); wait -= 100) /* a shutdown cuts it short */
+            sleep_ms(wait < 100 ? wait : 100);
     }
     if (f->hold) {
         /* A held JSON answer: sent now if it is whole; a cut one becomes an error, as nothing of
@@ -833,11 +850,19 @@ static int perform(fwd_t *f, CURL *h, const relay_http_request_t *req)
         }
         f->hold = 0;
         f->res->cut = 1;
-        write_relay_error(f, RELAY_ERR_UPSTREAM, "upstream answer was cut off");
+        if (f->abort_reason == ABORT_SHUTDOWN)
+            write_relay_error(f, RELAY_ERR_UNAVAILABLE, SHUTDOWN_MSG);
+        else
+            write_relay_error(f, RELAY_ERR_UPSTREAM, "upstream answer was cut off");
         return f->res->error_code;
     }
     if (cc == CURLE_OK)
         return 0;
+    if (f->abort_reason == ABORT_SHUTDOWN) {
+        f->res->cut = f->head_sent;
+        write_relay_error(f, RELAY_ERR_UNAVAILABLE, SHUTDOWN_MSG);
+        return f->head_sent ? 0 : f->res->error_code;
+    }
     if (!f->head_sent) {
         int timeout = cc == CURLE_OPERATION_TIMEDOUT || f->abort_reason == ABORT_FIRST_BYTE;
         write_relay_error(f, timeout ? RELAY_ERR_UPSTREAM_TIMEOUT : RELAY_ERR_UPSTREAM,
@@ -862,6 +887,10 @@ int relay_forward(relay_t *r, const relay_http_request_t *req, const relay_sink_
     fwd_t f = {.r = r, .sink = sink, .res = res};
     f.t_start = relay_mono_ms();
     res->request_bytes = (int64_t)req->body_len;
+    if (shutting_down(r)) {
+        write_relay_error(&f, RELAY_ERR_UNAVAILABLE, "the relay is shutting down; retry shortly");
+        return res->error_code;
+    }
     if (!r->opts.upstream_api_key || !*r->opts.upstream_api_key) {
         write_relay_error(&f, RELAY_ERR_UNAVAILABLE,
                           "no upstream API key is configured: set UPSTREAM_API_KEY (or "

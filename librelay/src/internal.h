@@ -41,6 +41,22 @@ struct relay {
     struct relay_metrics *metrics;
     struct relay_tokenizer *tokenizer;
     struct relay_maintenance *maintenance;
+
+    /* The database as the relay last saw it (relay.c): for /health, database.outage and the
+     * budget seeding that must not query a database known to be away. */
+    pthread_mutex_t db_mu;
+    int db_down;           /* atomic read; written under db_mu */
+    int64_t db_down_since; /* wall clock, seconds */
+    char db_what[160];     /* what failed last */
+    int db_down_by_writer; /* only the usage writer's next success says it is back */
 };
+
+/* Notes the outcome of a database operation: ok, or failed with what (shown on /health) and
+ * detail (the log line only); logged once per outage. */
+void relay_db_note(relay_t *r, int ok, const char *what, const char *detail);
+/* The usage writer's outcome (detail: the driver's message, for the log). */
+void relay_db_note_write(relay_t *r, int ok, const char *detail);
+/* 1 while the last database operation failed. */
+int relay_db_is_down(relay_t *r);
 
 #endif

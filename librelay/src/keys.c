@@ -1017,6 +1017,8 @@ static int lead(relay_t *r, const uint8_t d[32], const char *prefix, const char 
     struct relay_keys_state *st = r->keys;
     atomic_fetch_add(&st->lookups, 1);
     int rc = relay_store_key_get_by_prefix(r->store, prefix, rec);
+    if (rc && rc != RELAY_ERR_NOT_FOUND) /* only writes (usage, probe) say it is back */
+        relay_db_note(r, 0, "reading an API key failed", NULL);
     if (rc == RELAY_ERR_NOT_FOUND || (rc == 0 && rec->is_deleted))
         rc = RELAY_ERR_AUTH;
     else if (rc) {
@@ -1122,7 +1124,9 @@ static int verify_error(struct relay_keys_state *st, int rc, relay_error_t *err)
         return reject(st, err);
     if (rc == RELAY_ERR_NOMEM)
         return relay_error_set(err, rc, "out of memory");
-    return relay_error_set(err, RELAY_ERR_STORE, "cannot verify the API key: database unavailable");
+    return relay_error_set(err, RELAY_ERR_STORE,
+                           "cannot verify the API key: the relay's database is unavailable (keys "
+                           "used recently keep working; retry this one when it returns)");
 }
 
 int relay_keys_verify(relay_t *r, const char *presented_key, relay_key_record_t *rec_out,
@@ -1137,6 +1141,13 @@ int relay_keys_verify(relay_t *r, const char *presented_key, relay_key_record_t 
         memset(rec_out, 0, sizeof *rec_out);
     int rc = RELAY_ERR_AUTH;
     relay_key_record_t rec = {0};
+    if (r->opts.db_outage_fail_closed && relay_db_is_down(r)) {
+        /* database.outage: fail_closed: no key is trusted on the cache's word alone. */
+        relay_metrics_observe_key_verify(r, "failed", elapsed_s(&t0));
+        return relay_error_set(err, RELAY_ERR_STORE,
+                               "the relay's database is unavailable and database.outage is "
+                               "fail_closed: requests are refused until it returns");
+    }
     if (parse_key(r, presented_key, prefix, &secret) == 0) {
         uint8_t d[32];
         relay_sha256(presented_key, strlen(presented_key), d);
@@ -1294,6 +1305,8 @@ void relay_keys_refresh_stale(relay_t *r)
     for (size_t i = 0; i < n; i++) {
         relay_key_record_t rec = {0};
         int rc = relay_store_key_get_by_prefix(r->store, items[i].prefix, &rec);
+        if (rc && rc != RELAY_ERR_NOT_FOUND)
+            relay_db_note(r, 0, "re-reading an API key failed", NULL);
         pthread_mutex_lock(&st->mu);
         apply_refresh(r, &items[i], rc, &rec, gen);
         gen = st->generation;

@@ -738,6 +738,11 @@ static int take(relay_t *r, limits_take_t *t, limits_verdict_t *v, int *backend)
     struct relay_limits_state *st = r->limits;
     pthread_mutex_lock(&st->mu);
     key_entry_t *e = entry_get(st, t->key_id, 1);
+    /* Redis seeds a quota it lost (restarted empty) from the floor: this instance's mirror is
+     * newer than the cached key's counter (settles not yet written, or not yet re-read), and
+     * never more than what was really used, so seeding from it overshoots nothing. */
+    if (e && e->used_known && e->used > t->used_floor)
+        t->used_floor = e->used;
     pthread_mutex_unlock(&st->mu);
     if (!e)
         return RELAY_ERR_NOMEM;

@@ -363,6 +363,7 @@ static void *maintenance_main(void *arg)
     int64_t next_reload = relay_mono_ms() + TIER_RELOAD_MS;
     int64_t next_prune = relay_mono_ms() + PRUNE_FIRST_MS;
     int64_t next_keys = relay_mono_ms() + TICK_MS;
+    int64_t next_probe = next_keys; /* at most one probe a tick, however often keys wake us */
     pthread_mutex_lock(&m->mu);
     while (!m->stopping) {
         if (m->q_count) {
@@ -387,6 +388,10 @@ static void *maintenance_main(void *arg)
         if (m->keys_wanted || now >= next_keys) {
             m->keys_wanted = 0;
             pthread_mutex_unlock(&m->mu);
+            if (now >= next_probe) { /* an outage (and its end) is noticed with no traffic */
+                relay_health_database(r);
+                next_probe = relay_mono_ms() + TICK_MS;
+            }
             relay_keys_refresh_stale(r);
             next_keys = relay_mono_ms() + TICK_MS;
             pthread_mutex_lock(&m->mu);

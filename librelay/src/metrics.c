@@ -55,6 +55,7 @@ struct relay_metric {
 typedef struct relay_families {
     relay_metric_t *requests, *duration, *ttfb, *tokens, *quota_ratio, *active_streams;
     relay_metric_t *auth_failures, *rate_limited, *permission, *retries, *queue_depth, *drops;
+    relay_metric_t *spool_bytes, *spool_full, *spool_errors, *spool_replayed, *duplicates, *db_up;
     relay_metric_t *written, *unknown_model, *budget_ratio, *cache_hits, *bcrypt, *redis_up,
         *build_info;
     relay_metric_t *key_verify, *key_waiting, *key_timeouts, *cost, *db_up, *redis_configured;
@@ -526,6 +527,23 @@ static const fam_def_t FAMILIES[] = {
         RELAY_METRIC_COUNTER, NULL, 0, -1, 0, NULL, 0),
     FAM(written, "relay_usage_rows_written_total", "Usage rows committed to the database.",
         RELAY_METRIC_COUNTER, NULL, 0, -1, 0, NULL, 0),
+    FAM(spool_bytes, "relay_usage_spool_bytes",
+        "Bytes of usage rows in the spool file, waiting for the database.", RELAY_METRIC_GAUGE,
+        NULL, 0, -1, 0, NULL, 0),
+    FAM(spool_full, "relay_usage_spool_full_total",
+        "Usage rows not spooled because the spool reached usage.spool_max_bytes.",
+        RELAY_METRIC_COUNTER, NULL, 0, -1, 0, NULL, 0),
+    FAM(spool_errors, "relay_usage_spool_errors_total",
+        "Spool appends or fsyncs that failed (disk full, I/O error).", RELAY_METRIC_COUNTER, NULL,
+        0, -1, 0, NULL, 0),
+    FAM(spool_replayed, "relay_usage_spool_replayed_total",
+        "Usage rows read back from the spool at start.", RELAY_METRIC_COUNTER, NULL, 0, -1, 0, NULL,
+        0),
+    FAM(duplicates, "relay_usage_duplicate_rows_total",
+        "Replayed usage rows the database already had (skipped by row_uid).", RELAY_METRIC_COUNTER,
+        NULL, 0, -1, 0, NULL, 0),
+    FAM(db_up, "relay_database_up", "1 while the database answers (0 during an outage).",
+        RELAY_METRIC_GAUGE, NULL, 0, -1, 0, NULL, 0),
     FAM(unknown_model, "relay_unpriced_requests_total",
         "Requests whose model has no price (billed at pricing.default).", RELAY_METRIC_COUNTER,
         L("model"), 1, 0, 100, NULL, 0),
@@ -734,6 +752,12 @@ static void refresh(relay_t *r)
     relay_metrics_set(fam->queue_depth, NULL, (double)us.depth);
     relay_metrics_set(fam->drops, NULL, (double)us.dropped);
     relay_metrics_set(fam->written, NULL, (double)us.written);
+    relay_metrics_set(fam->spool_bytes, NULL, (double)us.spool_bytes);
+    relay_metrics_set(fam->spool_full, NULL, (double)us.spool_full);
+    relay_metrics_set(fam->spool_errors, NULL, (double)us.spool_errors);
+    relay_metrics_set(fam->spool_replayed, NULL, (double)us.spool_replayed);
+    relay_metrics_set(fam->duplicates, NULL, (double)us.duplicates);
+    relay_metrics_set(fam->db_up, NULL, relay_database_state(r, NULL, 0) == 0 ? 1 : 0);
     relay_metrics_set(fam->retries, NULL, (double)relay_forward_retries(r));
     relay_limits_stats_t ls;
     relay_limits_get_stats(r, &ls);

@@ -119,6 +119,7 @@ void relay_options_init(relay_options_t *o)
     o->data_dir = "./data";
     o->db_pool_size = 0;
     o->auto_migrate = -1;
+    o->db_busy_timeout_ms = 5000;
     o->redis_timeout_ms = 200;
     o->key_prefix = "sk-proxy-";
     o->default_token_limit = 1000000;
@@ -140,6 +141,8 @@ void relay_options_init(relay_options_t *o)
     o->usage_queue_max = 100000;
     o->usage_batch_max = 500;
     o->usage_flush_ms = 200;
+    o->usage_spool = 1;
+    o->usage_spool_max_bytes = 64u << 20;
     o->budget_timezone = "UTC";
     o->budget_week_start_day = 1;
     o->log_level = RELAY_LOG_INFO;
@@ -193,7 +196,8 @@ static int copy_options(relay_t *r, const relay_options_t *in)
 int relay_store_open_configured(relay_store_t **out, const relay_options_t *opts,
                                 relay_error_t *err)
 {
-    relay_store_options_t so = {.pool_size = opts->db_pool_size, .busy_timeout_ms = 5000};
+    relay_store_options_t so = {.pool_size = opts->db_pool_size,
+                                .busy_timeout_ms = opts->db_busy_timeout_ms};
     char path[4096];
     const char *url = opts->database_url;
     *out = NULL;
@@ -250,6 +254,7 @@ int relay_new(relay_t **out, const relay_options_t *opts, relay_error_t *err)
     relay_t *r = calloc(1, sizeof *r);
     if (!r)
         return relay_error_set(err, RELAY_ERR_NOMEM, "out of memory");
+    pthread_mutex_init(&r->db_mu, NULL);
     relay_options_t defaults;
     if (!opts) {
         relay_options_init(&defaults);
@@ -286,12 +291,83 @@ void relay_free(relay_t *r)
         free(r->own_strings[i]);
     free(r->own_tiers);
     free(r->own_prices);
+    pthread_mutex_destroy(&r->db_mu);
     free(r);
 }
 
 int relay_health_database(relay_t *r)
 {
-    return relay_store_ping(r->store);
+    relay_error_t e = {0};
+    int rc = relay_store_probe_write(r->store, &e);
+    relay_db_note(r, rc == 0, "a probe transaction failed", e.message);
+    return rc ? RELAY_ERR_STORE : 0;
+}
+
+/*
+ * ---- the database's state: one transition logged per outage, not one line per request ----
+ * what is shown on /health (public: it never names hosts or users); detail only goes to the log.
+ * A failure of the usage writer (real writes: a full disk fails them, the probe's empty
+ * transaction not) is cleared only by the writer's next success, so the two cannot flap.
+ */
+static void db_note(relay_t *r, int ok, int writer, const char *what, const char *detail)
+{
+    if (ok && !__atomic_load_n(&r->db_down, __ATOMIC_RELAXED))
+        return; /* the common case: no lock */
+    pthread_mutex_lock(&r->db_mu);
+    int was_down = r->db_down;
+    if (ok && was_down && r->db_down_by_writer && !writer) {
+        pthread_mutex_unlock(&r->db_mu);
+        return;
+    }
+    int64_t since = r->db_down_since, now = relay_now();
+    if (!ok) {
+        relay_strlcpy(r->db_what, what ? what : "a query failed", sizeof r->db_what);
+        if (!was_down)
+            r->db_down_since = now;
+        r->db_down_by_writer = writer || (was_down && r->db_down_by_writer);
+    }
+    __atomic_store_n(&r->db_down, !ok, __ATOMIC_RELAXED);
+    pthread_mutex_unlock(&r->db_mu);
+    if (!ok && !was_down)
+        relay_log(
+            r, RELAY_LOG_ERROR, "database.down", NULL,
+            "database unavailable (%s%s%s): %s; usage rows wait in the queue",
+            what ? what : "a query failed", detail && *detail ? ": " : "", detail ? detail : "",
+            r->opts.db_outage_fail_closed ? "requests are refused (database.outage: fail_closed)"
+                                          : "keys verified before are served from the cache");
+    else if (ok && was_down)
+        relay_log(r, RELAY_LOG_INFO, "database.up", NULL, "database available again after %lld s",
+                  (long long)(now - since));
+}
+
+void relay_db_note(relay_t *r, int ok, const char *what, const char *detail)
+{
+    db_note(r, ok, 0, what, detail);
+}
+
+void relay_db_note_write(relay_t *r, int ok, const char *detail)
+{
+    db_note(r, ok, 1, "writing usage rows failed", detail);
+}
+
+int relay_db_is_down(relay_t *r)
+{
+    return __atomic_load_n(&r->db_down, __ATOMIC_RELAXED);
+}
+
+int relay_database_state(relay_t *r, char *reason, size_t cap)
+{
+    if (!relay_db_is_down(r)) {
+        if (reason && cap)
+            reason[0] = '\0';
+        return 0;
+    }
+    pthread_mutex_lock(&r->db_mu);
+    int64_t secs = relay_now() - r->db_down_since;
+    if (reason && cap)
+        snprintf(reason, cap, "database unavailable for %lld s (%s)", (long long)secs, r->db_what);
+    pthread_mutex_unlock(&r->db_mu);
+    return RELAY_ERR_STORE;
 }
 
 void relay_log(relay_t *r, relay_log_level level, const char *event, const char *fields_json,

@@ -242,6 +242,13 @@ int relay_store_ping(relay_store_t *s)
     return run(s, op_ping, NULL, OP_READ, NULL) == 0 ? 0 : RELAY_ERR_STORE;
 }
 
+int relay_store_probe_write(relay_store_t *s, relay_error_t *err)
+{
+    if (!s)
+        return relay_error_set(err, RELAY_ERR_STORE, "no store");
+    return run(s, op_ping, NULL, OP_WRITE, err);
+}
+
 /* ---------------------------------------------------------------- migrations */
 
 static int cmp_mig(const void *a, const void *b)
@@ -949,12 +956,13 @@ static int insert_log(relay_store_t *s, relay_store_conn_t *c, const relay_usage
         V_OPT(r->client_ip),
         V_OPT(r->user_agent),
         V_INT(created),
+        V_OPT(r->row_uid),
     };
     return s->drv->exec(c,
-                        "INSERT INTO usage_logs (" USAGE_COLS ") VALUES ($1, $2, $3, $4, $5, $6, "
-                        "$7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, "
-                        "$22, $23, $24, $25, $26, $27)",
-                        p, 27, NULL, NULL, NULL, err);
+                        "INSERT INTO usage_logs (" USAGE_COLS ", row_uid) VALUES ($1, $2, $3, $4, "
+                        "$5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, "
+                        "$20, $21, $22, $23, $24, $25, $26, $27, $28)",
+                        p, 28, NULL, NULL, NULL, err);
 }
 
 static int update_key_counters(relay_store_t *s, relay_store_conn_t *c, key_delta_t *k,
@@ -1013,6 +1021,12 @@ static int op_usage_write(relay_store_t *s, relay_store_conn_t *c, void *arg, re
 
 int relay_store_usage_write(relay_store_t *s, const relay_usage_row_t *rows, size_t n)
 {
+    return relay_store_usage_write_err(s, rows, n, NULL);
+}
+
+int relay_store_usage_write_err(relay_store_t *s, const relay_usage_row_t *rows, size_t n,
+                                relay_error_t *err)
+{
     if (!s || (n && !rows))
         return RELAY_ERR_INVALID;
     if (n == 0)
@@ -1026,7 +1040,7 @@ int relay_store_usage_write(relay_store_t *s, const relay_usage_row_t *rows, siz
     if (b.ids && b.created && b.keys && b.days) {
         rc = usage_aggregate(&b, relay_now());
         if (!rc)
-            rc = run(s, op_usage_write, &b, OP_WRITE, NULL);
+            rc = run(s, op_usage_write, &b, OP_WRITE, err);
     }
     free(b.ids);
     free(b.created);

@@ -65,8 +65,14 @@ static int map_error(sqlite3 *db, int rc, relay_error_t *err)
     else if ((ext & 0xff) == SQLITE_CONSTRAINT || ext == SQLITE_MISMATCH || ext == SQLITE_TOOBIG ||
              ext == SQLITE_RANGE)
         code = RELAY_ERR_INVALID;
-    /* sqlite3_errmsg names tables, columns and constraints, never the bound values. */
-    return relay_error_set(err, code, "sqlite: %s", db ? sqlite3_errmsg(db) : sqlite3_errstr(rc));
+    /* sqlite3_errmsg names tables, columns and constraints, never the bound values. An I/O
+     * error or a full disk also says what the system said (EFBIG, ENOSPC, EIO...). */
+    int sys = db && ((ext & 0xff) == SQLITE_IOERR || (ext & 0xff) == SQLITE_FULL)
+                  ? sqlite3_system_errno(db)
+                  : 0;
+    return relay_error_set(err, code, "sqlite: %s%s%s%s",
+                           db ? sqlite3_errmsg(db) : sqlite3_errstr(rc), sys ? " (" : "",
+                           sys ? strerror(sys) : "", sys ? ")" : "");
 }
 
 static int open_conn(sqlite_pool_t *p, relay_store_conn_t *c, relay_error_t *err)

@@ -8,6 +8,7 @@
 #include "internal.h"
 #include "relay/pricing.h"
 #include "relay/usage.h"
+#include "spool_internal.h"
 #include "usage_internal.h"
 #include "util.h"
 
@@ -35,12 +36,15 @@ struct relay_usage_state {
     uint64_t flush_target;            /* a flush waits for rows up to this one: no lingering */
     int64_t first_queued_ms;          /* when the oldest unwritten row arrived */
     relay_usage_stats_t stats;
+    relay_spool_t *spool; /* NULL: usage.spool off (or unavailable) */
+    int spool_trouble;    /* an append failed: logged once until one succeeds again */
+    int replaying;        /* at start: the queue may grow past max to take the spool back */
 };
 
 static int ring_grow(struct relay_usage_state *u)
 {
     size_t ncap = u->cap ? u->cap * 2 : 256;
-    if (ncap > u->max)
+    if (ncap > u->max && !u->replaying)
         ncap = u->max;
     if (ncap <= u->cap)
         return RELAY_ERR_TOO_LARGE;
@@ -56,11 +60,42 @@ static int ring_grow(struct relay_usage_state *u)
     return 0;
 }
 
-int relay_usage_record(relay_t *r, const relay_usage_row_t *row)
+/* Lock held: the row at the back of the queue; its sequence number. */
+static uint64_t enqueue(struct relay_usage_state *u, const relay_usage_row_t *row)
+{
+    u->ring[(u->head + u->count) % u->cap] = *row;
+    if (u->count++ == 0)
+        u->first_queued_ms = relay_mono_ms();
+    u->stats.queued++;
+    return ++u->seq_queued;
+}
+
+/* Logs a failed spool append once, until one succeeds again. Lock not held. */
+static void spool_report(relay_t *r, int rc, int err_no, int first)
+{
+    if (!first)
+        return;
+    if (rc == RELAY_ERR_TOO_LARGE)
+        relay_log(r, RELAY_LOG_ERROR, "usage.spool_full", NULL,
+                  "usage spool full (usage.spool_max_bytes %zu): rows are kept in memory only "
+                  "until the database stores them; a crash now would lose them",
+                  r->opts.usage_spool_max_bytes);
+    else
+        relay_log(r, RELAY_LOG_ERROR, "usage.spool_write_failed", NULL,
+                  "cannot append to the usage spool (%s): rows are kept in memory only until "
+                  "the database stores them; a crash now would lose them",
+                  err_no ? strerror(err_no) : relay_strerror(rc));
+}
+
+int relay_usage_record(relay_t *r, const relay_usage_row_t *row_in)
 {
     struct relay_usage_state *u = r->usage;
     if (!u)
         return RELAY_ERR_UNAVAILABLE;
+    relay_usage_row_t row = *row_in;
+    uint8_t uid[16];
+    if (!row.row_uid[0] && relay_random_bytes(uid, sizeof uid) == 0)
+        relay_hex(uid, sizeof uid, row.row_uid);
     pthread_mutex_lock(&u->mu);
     if (u->count == u->cap && ring_grow(u) != 0) {
         /* Full (the database has been away for long): the row is lost, and the loss counted. The
@@ -71,16 +106,25 @@ int relay_usage_record(relay_t *r, const relay_usage_row_t *row)
                   "usage queue full (%zu rows); row dropped", u->max);
         return RELAY_ERR_OVERLOADED;
     }
-    u->ring[(u->head + u->count) % u->cap] = *row;
-    if (u->count++ == 0)
-        u->first_queued_ms = relay_mono_ms();
-    u->seq_queued++;
-    u->stats.queued++;
+    /* On disk (the page cache: a killed process loses nothing) before it is queued; in sequence
+     * order, so the spool knows which rows each of its files holds. */
+    int srs = 0, err_no = 0, first = 0;
+    if (u->spool)
+        srs = relay_spool_append(u->spool, &row, u->seq_queued + 1, &err_no);
+    if (srs) {
+        first = !u->spool_trouble;
+        u->spool_trouble = 1;
+    } else {
+        u->spool_trouble = 0;
+    }
+    enqueue(u, &row);
     /* The writer gathers rows for up to flush_ms; it needs waking only for the first row of a
      * batch and for a full one, not for every row (a futex wake per request otherwise). */
     if (u->count == 1 || u->count == u->batch_max)
         pthread_cond_signal(&u->wake);
     pthread_mutex_unlock(&u->mu);
+    if (srs)
+        spool_report(r, srs, err_no, first);
     return 0;
 }
 
@@ -114,6 +158,16 @@ void relay_usage_get_stats(relay_t *r, relay_usage_stats_t *out)
     *out = u->stats;
     out->depth = u->count;
     pthread_mutex_unlock(&u->mu);
+    if (u->spool) {
+        relay_spool_stats_t ss;
+        relay_spool_get_stats(u->spool, &ss);
+        out->spool_enabled = 1;
+        out->spool_bytes = ss.bytes;
+        out->spool_full = ss.full;
+        out->spool_errors = ss.errors;
+        out->spool_replayed = ss.replayed;
+        out->spool_torn = ss.torn;
+    }
 }
 
 /* Copies up to max rows from the front of the queue into batch (they stay queued until written). */
@@ -131,6 +185,8 @@ static void commit_batch(struct relay_usage_state *u, size_t n)
     u->count -= n;
     u->seq_written += n;
     u->stats.written += n;
+    if (u->spool)
+        relay_spool_written(u->spool, u->seq_written, u->count == 0);
     /* Rows left arrived while this batch was written: they have waited already, no lingering. */
     u->first_queued_ms = 0;
     pthread_cond_broadcast(&u->written);
@@ -144,7 +200,13 @@ static int write_one_by_one(relay_t *r, const relay_usage_row_t *batch, size_t n
 {
     for (size_t i = 0; i < n; i++, *done = i) {
         int rc = relay_store_usage_write(r->store, &batch[i], 1);
-        if (rc == RELAY_ERR_INVALID) {
+        if (rc == RELAY_ERR_CONFLICT) {
+            /* Its row_uid is stored: a row replayed from the spool that was written before the
+             * crash. Counted once already; skipped. */
+            pthread_mutex_lock(&r->usage->mu);
+            r->usage->stats.duplicates++;
+            pthread_mutex_unlock(&r->usage->mu);
+        } else if (rc == RELAY_ERR_INVALID) {
             pthread_mutex_lock(&r->usage->mu);
             r->usage->stats.dropped++;
             pthread_mutex_unlock(&r->usage->mu);
@@ -199,9 +261,14 @@ static void *writer_main(void *arg)
         size_t n = take_batch(u, batch, bmax);
         pthread_mutex_unlock(&u->mu);
         size_t done = 0;
-        int rc = relay_store_usage_write(r->store, batch, n);
-        if (rc == RELAY_ERR_INVALID)
+        if (u->spool && relay_spool_sync(u->spool) != 0)
+            relay_log(r, RELAY_LOG_ERROR, "usage.spool_sync_failed", NULL,
+                      "fdatasync of the usage spool failed: a power loss now could lose rows");
+        relay_error_t e = {0};
+        int rc = relay_store_usage_write_err(r->store, batch, n, &e);
+        if (rc == RELAY_ERR_INVALID || rc == RELAY_ERR_CONFLICT)
             rc = write_one_by_one(r, batch, n, &done);
+        relay_db_note_write(r, rc != RELAY_ERR_STORE, e.message);
         pthread_mutex_lock(&u->mu);
         if (rc != 0 && done)
             commit_batch(u, done); /* never write those again */
@@ -215,7 +282,7 @@ static void *writer_main(void *arg)
         pthread_mutex_unlock(&u->mu);
         relay_log(r, RELAY_LOG_WARN, "usage.write_failed", NULL,
                   "writing %zu usage rows failed (%s); retrying in %d ms, rows kept", n,
-                  relay_strerror(rc), backoff_ms);
+                  e.message[0] ? e.message : relay_strerror(rc), backoff_ms);
         pthread_mutex_lock(&u->mu);
         /* On stop, keep trying for a bounded time so rows are not lost to a brief outage. */
         if (u->stopping && backoff_ms >= 3200)
@@ -223,7 +290,7 @@ static void *writer_main(void *arg)
         struct timespec dl;
         relay_deadline_in(&dl, backoff_ms);
         pthread_cond_timedwait(&u->wake, &u->mu, &dl);
-        backoff_ms = backoff_ms < 5000 ? backoff_ms * 2 : 5000;
+        backoff_ms = backoff_ms < 2500 ? backoff_ms * 2 : 5000;
     }
     size_t left = u->count;
     pthread_mutex_unlock(&u->mu);
@@ -232,6 +299,41 @@ static void *writer_main(void *arg)
                   "%zu usage rows could not be written", left);
     free(batch);
     return NULL;
+}
+
+/* relay_spool_replay's callback: a row of the last run back into the queue. Lock held. */
+static uint64_t requeue(void *ud, const relay_usage_row_t *row)
+{
+    struct relay_usage_state *u = ud;
+    if (u->count == u->cap && ring_grow(u) != 0)
+        return 0;
+    return enqueue(u, row);
+}
+
+/* Opens the spool and queues what a previous run left in it. A spool that cannot be opened is
+ * logged, not fatal: the relay then runs as with usage.spool off. */
+static void spool_start(relay_t *r, struct relay_usage_state *u)
+{
+    const char *dir = r->opts.data_dir && *r->opts.data_dir ? r->opts.data_dir : "./data";
+    relay_error_t e = {0};
+    if (!r->opts.usage_spool)
+        return;
+    if (relay_spool_open(&u->spool, dir, r->opts.usage_spool_max_bytes, &e) != 0) {
+        relay_log(r, RELAY_LOG_WARN, "usage.spool_unavailable", NULL,
+                  "usage spool off: %s (a crash would lose up to usage.flush_ms of rows)",
+                  e.message);
+        return;
+    }
+    pthread_mutex_lock(&u->mu);
+    u->replaying = 1;
+    size_t n = relay_spool_replay(u->spool, requeue, u);
+    u->replaying = 0;
+    pthread_mutex_unlock(&u->mu);
+    if (n)
+        relay_log(r, RELAY_LOG_WARN, "usage.spool_replayed", NULL,
+                  "%zu usage rows of the last run were not known to be stored; queued again "
+                  "(rows the database already has are skipped by their row_uid)",
+                  n);
 }
 
 int relay_usage_start(relay_t *r, relay_error_t *err)
@@ -245,6 +347,7 @@ int relay_usage_start(relay_t *r, relay_error_t *err)
     u->max = r->opts.usage_queue_max ? r->opts.usage_queue_max : 100000;
     u->batch_max = r->opts.usage_batch_max > 0 ? (size_t)r->opts.usage_batch_max : 500;
     r->usage = u;
+    spool_start(r, u);
     if (pthread_create(&u->thread, NULL, writer_main, r) != 0) {
         relay_usage_stop(r);
         return relay_error_set(err, RELAY_ERR_INTERNAL, "cannot start the usage writer thread");
@@ -265,6 +368,7 @@ void relay_usage_stop(relay_t *r)
         pthread_mutex_unlock(&u->mu);
         pthread_join(u->thread, NULL);
     }
+    relay_spool_close(u->spool); /* rows still unwritten stay in it for the next start */
     pthread_mutex_destroy(&u->mu);
     pthread_cond_destroy(&u->wake);
     pthread_cond_destroy(&u->written);

@@ -336,15 +336,17 @@ class TestPostgres(relaytest.RelayTestCase):
         script = os.path.join(os.environ["RELAY_SOURCE_DIR"], "scripts", "pg-test-server.sh")
         subprocess.run(["bash", script, "stop", pg_dir], check=True, capture_output=True, timeout=60)
         try:
-            r = wait_until(lambda: (lambda r: r if r.status == 503 else None)(
-                s.request("GET", "/health", timeout=20)), 30, "health 503")
-            self.assertEqual(r.json()["database"], "down")
+            # Still 200: known keys are served from the cache (database.outage: serve_cached).
+            r = wait_until(lambda: (lambda r: r if r.json()["database"] == "down" else None)(
+                s.request("GET", "/health", timeout=20)), 30, "health database down")
+            self.assertEqual((r.status, r.json()["status"]), (200, "degraded"))
+            self.assertIn("database unavailable", r.json()["reason"])
         finally:
             subprocess.run(["bash", script, "restart", pg_dir], check=True, capture_output=True,
                            timeout=60)
-        r = wait_until(lambda: (lambda r: r if r.status == 200 else None)(
-            s.request("GET", "/health", timeout=20)), 30, "health 200 again")
-        self.assertEqual(r.json()["database"], "ok")
+        r = wait_until(lambda: (lambda r: r if r.json()["database"] == "ok" else None)(
+            s.request("GET", "/health", timeout=20)), 30, "health database ok again")
+        self.assertEqual((r.status, r.json()["status"]), (200, "ok"))
         s.stop()
 
 

@@ -536,6 +536,41 @@ static void test_usage_write_all_or_nothing(void **state)
     relay_key_record_clear(&a);
 }
 
+/* A row written again under its row_uid (a spool replay after a crash) changes nothing. */
+static void test_usage_write_row_uid_once(void **state)
+{
+    (void)state;
+    relay_key_record_t a;
+    insert_key(&a, "replayed", T0 - DAY);
+    relay_usage_row_t r[2];
+    make_row(&r[0], a.id, T0, 10, 5);
+    make_row(&r[1], a.id, T0 + 1, 20, 5);
+    snprintf(r[0].row_uid, sizeof r[0].row_uid, "%032x", 1u);
+    snprintf(r[1].row_uid, sizeof r[1].row_uid, "%032x", 2u);
+    assert_int_equal(relay_store_usage_write(S, r, 1), 0);
+    /* r[0] again, beside a new row: the batch is refused whole, nothing counted twice */
+    assert_int_equal(relay_store_usage_write(S, r, 2), RELAY_ERR_CONFLICT);
+    assert_int_equal(relay_store_usage_write(S, &r[0], 1), RELAY_ERR_CONFLICT);
+    assert_int_equal(relay_store_usage_write(S, &r[1], 1), 0);
+    relay_key_record_t got;
+    assert_int_equal(relay_store_key_get(S, a.id, &got), 0);
+    assert_int_equal(got.request_count, 2);
+    assert_int_equal(got.token_used, r[0].billed_tokens + r[1].billed_tokens);
+    relay_key_record_clear(&got);
+    assert_int_equal(count_logs(a.id), 2);
+    relay_usage_daily_t *d;
+    size_t n;
+    assert_int_equal(relay_store_usage_daily(S, a.id, NULL, NULL, &d, &n), 0);
+    assert_int_equal(n, 1);
+    assert_int_equal(d[0].requests, 2);
+    free(d);
+    /* Rows without a uid (hosts that do not set one) never collide. */
+    r[0].row_uid[0] = r[1].row_uid[0] = '\0';
+    assert_int_equal(relay_store_usage_write(S, r, 2), 0);
+    assert_int_equal(count_logs(a.id), 4);
+    relay_key_record_clear(&a);
+}
+
 static void test_usage_logs_query(void **state)
 {
     (void)state;
@@ -1011,6 +1046,7 @@ int main(int argc, char **argv)
         cmocka_unit_test_setup(test_key_delete_hard, reset_schema),
         cmocka_unit_test_setup(test_usage_write_counters_and_daily, reset_schema),
         cmocka_unit_test_setup(test_usage_write_all_or_nothing, reset_schema),
+        cmocka_unit_test_setup(test_usage_write_row_uid_once, reset_schema),
         cmocka_unit_test_setup(test_usage_logs_query, reset_schema),
         cmocka_unit_test_setup(test_usage_daily_range, reset_schema),
         cmocka_unit_test_setup(test_usage_prune, reset_schema),

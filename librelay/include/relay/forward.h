@@ -75,6 +75,16 @@ RELAY_API int relay_forward(relay_t *r, const relay_http_request_t *req, const r
                             relay_forward_result_t *res);
 
 /*
+ * For a host's shutdown, after its grace period: every forward in flight ends within about
+ * 250 ms (the I/O threads' sweep). A stream under way gets an SSE `event: error` (api_error,
+ * "the relay is shutting down") and ends properly; a held JSON answer gets a 503; each is billed
+ * for what the upstream produced (estimated, as for a cut stream). Forwards that start later, and
+ * retries, answer 503 at once. There is no undo: call it only when the relay is going away.
+ * Thread safety: may run concurrently with relay_forward.
+ */
+RELAY_API void relay_forward_shutdown(relay_t *r);
+
+/*
  * The upstream URL for a client path and query ("/v1/messages", "beta=true") into out. A base
  * configured as ".../v1" (as the original relay wrote it) is not doubled: both
  * "https://api.anthropic.com" and "https://api.anthropic.com/v1" give ".../v1/messages".

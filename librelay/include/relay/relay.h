@@ -139,6 +139,11 @@ typedef struct relay_options {
     const char *redis_url; /* NULL: limits in process only */
     int redis_timeout_ms;  /* 200 */
 
+    int db_busy_timeout_ms;    /* 5000: SQLite busy timeout / PostgreSQL connect timeout */
+    int db_outage_fail_closed; /* 0 (database.outage: serve_cached): while the database is away,
+                                  keys verified before keep working from the key cache; 1
+                                  (fail_closed): every proxied request is refused with 503 */
+
     /* keys (config.yaml api_keys.*) */
     const char *key_prefix;      /* "sk-proxy-" */
     int64_t default_token_limit; /* 1000000 */
@@ -184,6 +189,8 @@ typedef struct relay_options {
     size_t usage_queue_max;       /* 100000 rows held while the database is away */
     int usage_batch_max;          /* 500 rows per transaction */
     int usage_flush_ms;           /* 200: longest a row waits before it is written */
+    int usage_spool;              /* 1: rows appended to data_dir/usage.spool until stored */
+    size_t usage_spool_max_bytes; /* 64 MiB: the spool's bound (past it rows are memory-only) */
     int log_retention_days;       /* 0: keep usage_logs forever */
     const char *tokenizer_file;   /* NULL: heuristic counter; else a tiktoken-format vocabulary */
 
@@ -212,8 +219,16 @@ RELAY_API int relay_new(relay_t **out, const relay_options_t *opts, relay_error_
 /* Stops the threads after a final flush of pending usage rows, closes the store, frees r. */
 RELAY_API void relay_free(relay_t *r);
 
-/* 0 when the database answers now, RELAY_ERR_STORE otherwise (for /health). */
+/* 0 when the database answers a probe transaction now, RELAY_ERR_STORE otherwise; the answer
+ * also updates relay_database_state. It may wait up to db_busy_timeout_ms. */
 RELAY_API int relay_health_database(relay_t *r);
+/*
+ * The database as this relay last saw it, without a query: 0 when the last operation on it
+ * succeeded; RELAY_ERR_STORE while it is away, with reason (cap bytes, may be NULL) saying for
+ * how long and what failed. Updated by every request that needed it, the usage writer, the
+ * maintenance thread (once a second) and relay_health_database.
+ */
+RELAY_API int relay_database_state(relay_t *r, char *reason, size_t cap);
 
 /* Logs through the host's callback (librelay's own modules and hosts alike). */
 RELAY_API void relay_log(relay_t *r, relay_log_level level, const char *event,

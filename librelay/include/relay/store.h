@@ -44,6 +44,9 @@ RELAY_API void relay_store_free(relay_store_t *s);
 RELAY_API const char *relay_store_backend(const relay_store_t *s);
 /* 0 when the database answers a trivial query now, RELAY_ERR_STORE otherwise. */
 RELAY_API int relay_store_ping(relay_store_t *s);
+/* The same query inside a write transaction: also fails while another process holds SQLite's
+ * write lock past the busy timeout, or PostgreSQL refuses writes. err says why. */
+RELAY_API int relay_store_probe_write(relay_store_t *s, relay_error_t *err);
 
 /* ---- migrations (SQL from migrations/<backend>/, compiled into the library) ---- */
 typedef struct relay_migration_info {
@@ -147,6 +150,10 @@ typedef struct relay_usage_row {
     char client_ip[64];
     char user_agent[256];
     int64_t created_at;
+    /* 32 hex digits, unique per request (relay_usage_record gives one when empty), stored in the
+     * unique column usage_logs.row_uid: a row written twice (a spool replay after a crash) is
+     * refused with RELAY_ERR_CONFLICT, and its counters are not added twice. "" = none. */
+    char row_uid[33];
 } relay_usage_row_t;
 
 /*
@@ -154,8 +161,12 @@ typedef struct relay_usage_row {
  * 1 to request_count, is_error to error_count and sets last_used_at (= max created_at) on each
  * key; upserts usage_daily (day = UTC date of created_at). All or nothing.
  * Rows whose key no longer exists are still logged (api_key_id kept) but touch no counters.
+ * RELAY_ERR_CONFLICT (nothing written) when a row's row_uid is stored already.
  */
 RELAY_API int relay_store_usage_write(relay_store_t *s, const relay_usage_row_t *rows, size_t n);
+/* The same, with the driver's message in err (e.g. "sqlite: database or disk is full"). */
+RELAY_API int relay_store_usage_write_err(relay_store_t *s, const relay_usage_row_t *rows, size_t n,
+                                          relay_error_t *err);
 
 typedef struct relay_usage_query {
     const char *api_key_id; /* NULL: all keys */

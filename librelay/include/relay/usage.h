@@ -14,10 +14,12 @@ extern "C" {
 /*
  * The writer: rows are queued in memory and written by one background thread in batches (one
  * transaction per batch, key counters and usage_daily in the same transaction), so the request
- * path never waits on the database. On database errors the batch is retried with backoff while
- * rows stay queued (bounded by relay_options_t.usage_queue_max; past it the oldest rows are
- * dropped and counted). relay_free flushes what is queued before it returns.
- * Thread safety: every call may run concurrently.
+ * path never waits on the database. With usage_spool on (the default) each row is first appended
+ * to <data_dir>/usage.spool and fsynced before its batch is written; rows a crash left there are
+ * queued again at the next start (a row's row_uid makes a second write of it a no-op). On database
+ * errors the batch is retried with backoff while rows stay queued (bounded by
+ * relay_options_t.usage_queue_max; past it the oldest rows are dropped and counted). relay_free
+ * flushes what is queued before it returns. Thread safety: every call may run concurrently.
  */
 
 /* Queues a copy of row. Never blocks on the database. */
@@ -32,6 +34,14 @@ typedef struct relay_usage_stats {
     uint64_t dropped;        /* rows lost because the queue was full (must stay 0) */
     uint64_t failed_batches; /* transactions that failed and were retried */
     uint64_t depth;          /* rows waiting now */
+    uint64_t duplicates;     /* rows the database had already (by row_uid): spool replays */
+    /* the spool (usage.spool): rows on disk until stored, replayed at start */
+    int spool_enabled;
+    uint64_t spool_bytes;    /* now */
+    uint64_t spool_full;     /* appends refused at usage.spool_max_bytes */
+    uint64_t spool_errors;   /* appends or fsyncs that failed (disk full, I/O error) */
+    uint64_t spool_replayed; /* rows read back at start */
+    uint64_t spool_torn;     /* partial lines found at start (a crash mid-append), skipped */
 } relay_usage_stats_t;
 RELAY_API void relay_usage_get_stats(relay_t *r, relay_usage_stats_t *out);
 
