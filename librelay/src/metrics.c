@@ -58,7 +58,7 @@ typedef struct relay_families {
     relay_metric_t *spool_bytes, *spool_full, *spool_errors, *spool_replayed, *duplicates, *db_up;
     relay_metric_t *written, *unknown_model, *budget_ratio, *cache_hits, *bcrypt, *redis_up,
         *build_info;
-    relay_metric_t *key_verify, *key_waiting, *key_timeouts, *cost, *db_up, *redis_configured;
+    relay_metric_t *key_verify, *key_waiting, *key_timeouts, *cost, *redis_configured;
 } relay_families_t;
 
 struct relay_metrics {
@@ -542,7 +542,8 @@ static const fam_def_t FAMILIES[] = {
     FAM(duplicates, "relay_usage_duplicate_rows_total",
         "Replayed usage rows the database already had (skipped by row_uid).", RELAY_METRIC_COUNTER,
         NULL, 0, -1, 0, NULL, 0),
-    FAM(db_up, "relay_database_up", "1 while the database answers (0 during an outage).",
+    FAM(db_up, "relay_database_up",
+        "1 while the database answers (0 during an outage; probed every second).",
         RELAY_METRIC_GAUGE, NULL, 0, -1, 0, NULL, 0),
     FAM(unknown_model, "relay_unpriced_requests_total",
         "Requests whose model has no price (billed at pricing.default).", RELAY_METRIC_COUNTER,
@@ -563,8 +564,6 @@ static const fam_def_t FAMILIES[] = {
     FAM(key_timeouts, "relay_key_verify_timeouts_total",
         "Key verifications refused after waiting verify_wait_ms.", RELAY_METRIC_COUNTER, NULL, 0,
         -1, 0, NULL, 0),
-    FAM(db_up, "relay_database_up", "1 when the store answered a ping at this scrape.",
-        RELAY_METRIC_GAUGE, NULL, 0, -1, 0, NULL, 0),
     FAM(redis_configured, "relay_redis_configured", "1 when a Redis URL is configured.",
         RELAY_METRIC_GAUGE, NULL, 0, -1, 0, NULL, 0),
     FAM(redis_up, "relay_redis_up", "1 when the shared Redis limiter is reachable.",
@@ -770,8 +769,6 @@ static void refresh(relay_t *r)
     relay_metrics_set(fam->redis_up, NULL, ls.redis_up ? 1 : 0);
     relay_metrics_set(fam->redis_configured, NULL,
                       strcmp(relay_limits_redis_status(r), "disabled") != 0);
-    /* One ping per scrape, as /health does: what an alert on a lost database needs. */
-    relay_metrics_set(fam->db_up, NULL, relay_health_database(r) == 0 ? 1 : 0);
     relay_keys_stats_t ks;
     relay_keys_stats(r, &ks);
     relay_metrics_set(fam->cache_hits, NULL, (double)ks.cache_hits);
