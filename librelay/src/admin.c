@@ -8,6 +8,7 @@
 #include <string.h>
 #include <strings.h>
 
+#include "admin_internal.h"
 #include "internal.h"
 #include "relay/auth.h"
 #include "relay/budgets.h"
@@ -89,22 +90,28 @@ static void reply_key_with_secret(ctx_t *c, const relay_key_record_t *rec, char 
 
 /* ---- audit ---- */
 
-/* Records a change. A failed write is logged, not answered: the change itself already happened. */
-static void audit(ctx_t *c, const char *action, const char *target, json_t *details)
+void relay_admin_audit(relay_t *r, const char *actor, const char *client_ip, const char *action,
+                       const char *target, const char *details)
 {
     relay_audit_entry_t e = {0};
     relay_strlcpy(e.action, action, sizeof e.action);
     relay_strlcpy(e.target, target ? target : "", sizeof e.target);
-    relay_strlcpy(e.actor, c->actor, sizeof e.actor);
-    relay_strlcpy(e.client_ip, c->req->client_ip ? c->req->client_ip : "", sizeof e.client_ip);
-    e.details = details ? json_dumps(details, DUMP_FLAGS) : NULL;
+    relay_strlcpy(e.actor, actor, sizeof e.actor);
+    relay_strlcpy(e.client_ip, client_ip ? client_ip : "", sizeof e.client_ip);
+    e.details = (char *)details;
     e.created_at = relay_now();
-    json_decref(details);
-    int rc = relay_store_audit_insert(c->r->store, &e);
+    int rc = relay_store_audit_insert(r->store, &e);
     if (rc)
-        relay_log(c->r, RELAY_LOG_ERROR, "admin.audit_failed", NULL,
+        relay_log(r, RELAY_LOG_ERROR, "admin.audit_failed", NULL,
                   "cannot write audit row for %s: %s", e.action, relay_strerror(rc));
-    free(e.details);
+}
+
+static void audit(ctx_t *c, const char *action, const char *target, json_t *details)
+{
+    char *d = details ? json_dumps(details, DUMP_FLAGS) : NULL;
+    json_decref(details);
+    relay_admin_audit(c->r, c->actor, c->req->client_ip, action, target, d);
+    free(d);
 }
 
 /* ---- request parsing ---- */

@@ -15,16 +15,18 @@
 #include <yaml.h>
 
 #include "relay/config.h"
+#include "relay/upstreams.h"
 #include "buf.h"
 #include "tz.h"
 #include "util.h"
 
-#define CFG_MAX_FILE     (1024 * 1024) /* config.yaml and .env are small; refuse anything odd */
-#define CFG_MAX_VALUE    (64 * 1024)   /* one scalar after ${VAR} expansion */
-#define CFG_MAX_WARNINGS 64
-#define CFG_MAX_TIERS    64
-#define CFG_MAX_PRICES   256
-#define CFG_MAX_ENTRIES  1024 /* entries of one mapping or list */
+#define CFG_MAX_FILE      (1024 * 1024) /* config.yaml and .env are small; refuse anything odd */
+#define CFG_MAX_VALUE     (64 * 1024)   /* one scalar after ${VAR} expansion */
+#define CFG_MAX_WARNINGS  64
+#define CFG_MAX_TIERS     64
+#define CFG_MAX_PRICES    256
+#define CFG_MAX_ENTRIES   1024 /* entries of one mapping or list */
+#define CFG_MAX_UPSTREAMS 64   /* secondary and pool entries */
 
 /* relay_error_set, with the code as the visible result so callers (and analysers) see failure. */
 #define CFG_ERR(err, code, ...) (relay_error_set((err), (code), __VA_ARGS__), (code))
@@ -592,6 +594,12 @@ struct ctx {
     int by_tier_line;
     relay_tier_def_t default_def;
     int have_default_def, default_def_line, default_tier_line;
+    int strict; /* unknown keys are errors (the upstream section) */
+    relay_upstream_def_t ups[CFG_MAX_UPSTREAMS];
+    int ups_line[CFG_MAX_UPSTREAMS];
+    char ups_path[CFG_MAX_UPSTREAMS][48];
+    size_t n_ups;
+    int primary_name_line;
 };
 
 static unsigned long node_line(const yaml_node_t *n)
@@ -793,8 +801,12 @@ static int walk_pair(ctx_t *x, yaml_node_t *k, yaml_node_t *v, void *arg)
     walk_arg_t *w = arg;
     const char *key = (const char *)k->data.scalar.value;
     for (const field_t *f = w->fields; f->key; f++)
-        if (strcmp(f->key, key) == 0)
+        if (strcmp(f->key, key) == 0 && f->fn)
             return f->fn(x, v, f, w->base);
+        else if (strcmp(f->key, key) == 0) /* known, and ignored on purpose */
+            return warn_at(x, node_line(k), x->path, "unknown setting, ignored");
+    if (x->strict)
+        return fail(x, k, "unknown setting");
     return warn_at(x, node_line(k), x->path, "unknown setting, ignored");
 }
 
@@ -1324,6 +1336,13 @@ static int f_thresholds(ctx_t *x, yaml_node_t *n, const field_t *f, void *base)
     return 0;
 }
 
+/* The upstream section's field kinds (defined after the schema, which they walk). */
+static int f_primary_name(ctx_t *x, yaml_node_t *n, const field_t *f, void *base);
+static int f_upstream_models(ctx_t *x, yaml_node_t *n, const field_t *f, void *base);
+static int f_upstream_secondary(ctx_t *x, yaml_node_t *n, const field_t *f, void *base);
+static int f_upstream_pool(ctx_t *x, yaml_node_t *n, const field_t *f, void *base);
+static int f_upstream(ctx_t *x, yaml_node_t *n, const field_t *f, void *base);
+
 /* ---- the schema ---- */
 
 /* The settings, one per line: section tables of field kinds (clang-format would pack them). */
@@ -1364,7 +1383,8 @@ static const field_t SERVER[] = {
 };
 
 static const field_t UPSTREAM_PRIMARY[] = {
-    STRBUF("name", upstream_name, NULL),
+    {.key = "name", .fn = f_primary_name, .off = OFF(upstream_name),
+     .max = sizeof(((relay_config_t *)0)->upstream_name), .check = relay_upstreams_check_name},
     STR("url", relay.upstream_url, check_http_url),
     STR("api_key", relay.upstream_api_key, NULL),
     NUM("timeout", relay.upstream_timeout_s, NUM_POS_S),
@@ -1378,8 +1398,31 @@ static const field_t UPSTREAM_PRIMARY[] = {
     END,
 };
 
+#define UOFF(m) offsetof(relay_upstream_def_t, m)
+#define UBUF(k, m, chk) {.key = k, .fn = f_strbuf, .off = UOFF(m), \
+                         .max = sizeof(((relay_upstream_def_t *)0)->m), .check = chk}
+static const field_t UPSTREAM_ENTRY[] = {
+    UBUF("name", name, relay_upstreams_check_name),
+    UBUF("url", url, check_http_url),
+    UBUF("api_key", api_key, NULL),
+    {.key = "weight", .fn = f_int, .off = UOFF(weight), .min = 1, .max = 1000000},
+    {.key = "priority", .fn = f_int, .off = UOFF(priority), .min = 0, .max = 1000},
+    CUSTOM("models", f_upstream_models),
+    {.key = "max_concurrency", .fn = f_int, .off = UOFF(max_concurrency), .min = 0, .max = 10000000},
+    {.key = "timeout", .fn = f_num, .off = UOFF(timeout_s), .min = NUM_POS_S},
+    {.key = "max_retries", .fn = f_int, .off = UOFF(max_retries), .min = 0, .max = 20},
+    UBUF("group", group, relay_upstreams_check_name),
+    END,
+};
+
 static const field_t UPSTREAM[] = {
     SECTION("primary", UPSTREAM_PRIMARY),
+    CUSTOM("secondary", f_upstream_secondary),
+    CUSTOM("pool", f_upstream_pool),
+    /* the original relay's layout: accepted (and ignored) with a warning, as before */
+    {.key = "fallback", .fn = NULL},
+    {.key = "session_ttl", .fn = f_int, .off = OFF(relay.session_ttl_s), .min = 1, .max = 604800},
+    SIZE("session_max", relay.session_max, 1, 10000000),
     END,
 };
 
@@ -1504,7 +1547,7 @@ static const field_t SECURITY[] = {
 static const field_t ROOT[] = {
     SECTION("app", APP),
     SECTION("server", SERVER),
-    SECTION("upstream", UPSTREAM),
+    CUSTOM("upstream", f_upstream),
     SECTION("database", DATABASE),
     SECTION("redis", REDIS),
     SECTION("admin", ADMIN),
@@ -1520,6 +1563,117 @@ static const field_t ROOT[] = {
     END,
 };
 // clang-format on
+
+/* ---- the upstream pool ---- */
+
+static int f_primary_name(ctx_t *x, yaml_node_t *n, const field_t *f, void *base)
+{
+    x->primary_name_line = (int)node_line(n);
+    return f_strbuf(x, n, f, base);
+}
+
+static int f_upstream_models(ctx_t *x, yaml_node_t *n, const field_t *f, void *base)
+{
+    relay_upstream_def_t *d = base;
+    relay_config_strlist_t l = {0};
+    field_t lf = {.check = relay_upstreams_check_model};
+    int rc = f_list(x, n, &lf, &l);
+    if (!rc && l.n > RELAY_UPSTREAM_MAX_MODELS)
+        rc = fail(x, n, "at most %d model patterns", RELAY_UPSTREAM_MAX_MODELS);
+    for (size_t i = 0; !rc && i < l.n; i++)
+        relay_strlcpy(d->models[i], l.items[i], sizeof d->models[i]);
+    d->n_models = rc ? 0 : (int)l.n;
+    strlist_clear(&l);
+    return rc;
+}
+
+/* One secondary or pool entry; url and api_key are required. */
+static int parse_upstream(ctx_t *x, yaml_node_t *n, int priority, const char *default_name)
+{
+    if (x->n_ups >= CFG_MAX_UPSTREAMS)
+        return fail(x, n, "more than %d upstreams", CFG_MAX_UPSTREAMS);
+    if (!n || n->type != YAML_MAPPING_NODE)
+        return fail(x, n, "expected a mapping with name, url and api_key");
+    relay_upstream_def_t *d = &x->ups[x->n_ups];
+    memset(d, 0, sizeof *d);
+    d->weight = 1;
+    d->priority = priority;
+    d->max_retries = -1;
+    if (default_name)
+        relay_strlcpy(d->name, default_name, sizeof d->name);
+    int rc = walk(x, n, UPSTREAM_ENTRY, d);
+    if (!rc && !d->name[0])
+        rc = fail(x, n, "missing name");
+    if (!rc && !d->url[0])
+        rc = fail(x, n, "missing url");
+    if (!rc && !d->api_key[0])
+        rc = fail(x, n, "missing api_key (empty after ${VAR} expansion?)");
+    if (rc)
+        return rc;
+    x->ups_line[x->n_ups] = (int)node_line(n);
+    relay_strlcpy(x->ups_path[x->n_ups], x->path, sizeof x->ups_path[0]);
+    x->n_ups++;
+    return 0;
+}
+
+static int f_upstream_secondary(ctx_t *x, yaml_node_t *n, const field_t *f, void *base)
+{
+    return is_null(n) ? 0 : parse_upstream(x, n, 1, "secondary");
+}
+
+static int f_upstream_pool(ctx_t *x, yaml_node_t *n, const field_t *f, void *base)
+{
+    if (is_null(n))
+        return 0;
+    if (n->type != YAML_SEQUENCE_NODE)
+        return fail(x, n, "expected a list of {name, url, api_key, ...}");
+    size_t i = 0;
+    for (yaml_node_item_t *it = n->data.sequence.items.start; it < n->data.sequence.items.top;
+         it++, i++) {
+        size_t mark = path_push_index(x, i);
+        int rc = parse_upstream(x, yaml_document_get_node(x->doc, *it), 0, NULL);
+        path_pop(x, mark);
+        if (rc)
+            return rc;
+    }
+    return 0;
+}
+
+/* The upstream section is strict: a mistyped key there would silently reroute traffic. */
+static int f_upstream(ctx_t *x, yaml_node_t *n, const field_t *f, void *base)
+{
+    x->strict = 1;
+    int rc = walk(x, n, UPSTREAM, base);
+    x->strict = 0;
+    return rc;
+}
+
+/* Names are unique across the primary, the secondary and the pool. */
+static int resolve_upstreams(ctx_t *x)
+{
+    relay_config_t *c = x->c;
+    for (size_t i = 0; i < x->n_ups; i++) {
+        if (strcmp(x->ups[i].name, c->upstream_name) == 0)
+            return fail_at(x, (unsigned long)x->ups_line[i], x->ups_path[i],
+                           "duplicate upstream name %s (upstream.primary%s)", x->ups[i].name,
+                           x->primary_name_line ? "" : ", by default");
+        for (size_t j = 0; j < i; j++)
+            if (strcmp(x->ups[i].name, x->ups[j].name) == 0)
+                return fail_at(x, (unsigned long)x->ups_line[i], x->ups_path[i],
+                               "duplicate upstream name %s (first at line %d)", x->ups[i].name,
+                               x->ups_line[j]);
+    }
+    c->relay.upstream_name = c->upstream_name;
+    if (!x->n_ups)
+        return 0;
+    relay_upstream_def_t *ups = calloc(x->n_ups, sizeof *ups);
+    if (own(c, ups))
+        return nomem(x);
+    memcpy(ups, x->ups, x->n_ups * sizeof *ups);
+    c->relay.upstreams = ups;
+    c->relay.n_upstreams = x->n_ups;
+    return 0;
+}
 
 /* ---- after the walk: settings that depend on each other ---- */
 
@@ -1624,7 +1778,8 @@ static int resolve(ctx_t *x)
         c->relay.log_level = RELAY_LOG_DEBUG;
     }
     resolve_thresholds(x);
-    return resolve_tiers(x);
+    int rc = resolve_upstreams(x);
+    return rc ? rc : resolve_tiers(x);
 }
 
 /* ---- the YAML file ---- */
@@ -1699,6 +1854,7 @@ static int load_yaml(relay_config_t *c, const char *yaml_path, relay_error_t *er
     }
     if (!rc)
         rc = resolve(x);
+    explicit_bzero(x->ups, sizeof x->ups); /* upstream keys */
     free(x);
     return rc;
 }
@@ -1837,6 +1993,9 @@ void relay_config_free(relay_config_t *c)
                                        &c->cors_headers,    &c->warnings};
     for (size_t i = 0; i < sizeof lists / sizeof lists[0]; i++)
         strlist_clear(lists[i]);
+    if (c->relay.upstreams) /* they hold upstream keys */
+        explicit_bzero((void *)c->relay.upstreams,
+                       c->relay.n_upstreams * sizeof(relay_upstream_def_t));
     if (c->priv) {
         for (size_t i = 0; i < c->priv->n_owned; i++)
             free(c->priv->owned[i]);
