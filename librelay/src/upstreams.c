@@ -405,13 +405,13 @@ typedef struct choice {
     size_t n;
 } choice_t;
 
-/* The candidates: usable, of the best priority, healthy ones first; keys near their rate limit
- * only when nothing else is left. */
+/* The candidates: usable, of the best priority, healthy ones first; with steer, keys near their
+ * rate limit only when nothing else is left (a session already on one keeps it). */
 static void candidates(struct relay_upstreams *p, const relay_upstream_query_t *q, int again,
-                       int64_t now, choice_t *ch)
+                       int steer, int64_t now, choice_t *ch)
 {
     ch->n = 0;
-    for (int pass = 0; pass < 3 && !ch->n; pass++) {
+    for (int pass = steer ? 0 : 1; pass < 3 && !ch->n; pass++) {
         int best = -1;
         for (size_t i = 0; i < p->n; i++) {
             relay_upstream_t *u = p->u[i];
@@ -491,11 +491,16 @@ int relay_upstreams_take(relay_t *r, relay_upstream_query_t *q, int again,
     pthread_mutex_lock(&p->mu);
     int64_t now = now_ms(p);
     int rc = 0;
-    candidates(p, q, again, now, ch);
-    relay_upstream_t *u = sticky(p, q, ch, now);
+    relay_upstream_t *u = NULL;
+    if (q->session && *q->session) {
+        candidates(p, q, again, 0, now, ch);
+        u = sticky(p, q, ch, now);
+    }
     out->sticky = u != NULL;
-    if (!u)
+    if (!u) {
+        candidates(p, q, again, 1, now, ch);
         u = swrr(ch);
+    }
     if (u) {
         u->in_flight++;
         out->u = u;
@@ -631,7 +636,7 @@ void relay_upstreams_done(relay_t *r, relay_upstream_query_t *q, relay_upstream_
     pthread_mutex_unlock(&p->mu);
     if (rep->outcome == RELAY_UPSTREAM_OK && q->session && *q->session)
         bind_session(r, q->session, l->def.name);
-    else if (q->n_tried < RELAY_UPSTREAM_MAX_TRIED)
+    else if (rep->outcome != RELAY_UPSTREAM_OK && q->n_tried < RELAY_UPSTREAM_MAX_TRIED)
         q->tried[q->n_tried++] = l->u;
     explicit_bzero(l->def.api_key, sizeof l->def.api_key);
     l->u = NULL;
