@@ -372,6 +372,7 @@ static int create_params(ctx_t *c, json_t *o, relay_key_params_t *p, char *texts
     if (opt_string(c, o, "description", 1, &present, &p->description) ||
         opt_count(c, o, "token_limit", &present, &p->token_limit) ||
         opt_string(c, o, "rate_limit_tier", 1, &present, &p->tier) ||
+        opt_string(c, o, "upstream_group", 1, &present, &p->upstream_group) ||
         parse_expiry(c, o, &present, &p->expires_at))
         return -1;
     json_t *js[4] = {json_object_get(o, "allowed_ips"), origins_field(o),
@@ -518,6 +519,9 @@ static int patch_params(ctx_t *c, json_t *o, relay_key_update_t *u, char *texts[
     if (opt_string(c, o, "rate_limit_tier", 0, &present, &u->tier))
         return -1;
     u->set |= present ? RELAY_KEY_SET_TIER : 0;
+    if (opt_string(c, o, "upstream_group", 1, &present, &u->upstream_group))
+        return -1;
+    u->set |= present ? RELAY_KEY_SET_UPSTREAM_GROUP : 0;
     if (parse_expiry(c, o, &present, &exp))
         return -1;
     if (present) {
@@ -551,7 +555,7 @@ static json_t *changed_fields(unsigned set)
 {
     static const char *names[] = {"name",       "description", "token_limit",     "rate_limit_tier",
                                   "expires_at", "allowed_ips", "allowed_origins", "allowed_models",
-                                  "metadata",   "is_active",   "cost_limits"};
+                                  "metadata",   "is_active",   "cost_limits", "upstream_group"};
     json_t *a = json_array();
     for (unsigned i = 0; i < sizeof names / sizeof names[0]; i++)
         if (set & (1u << i))
