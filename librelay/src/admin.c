@@ -555,7 +555,7 @@ static json_t *changed_fields(unsigned set)
 {
     static const char *names[] = {"name",       "description", "token_limit",     "rate_limit_tier",
                                   "expires_at", "allowed_ips", "allowed_origins", "allowed_models",
-                                  "metadata",   "is_active",   "cost_limits", "upstream_group"};
+                                  "metadata",   "is_active",   "cost_limits",     "upstream_group"};
     json_t *a = json_array();
     for (unsigned i = 0; i < sizeof names / sizeof names[0]; i++)
         if (set & (1u << i))

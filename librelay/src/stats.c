@@ -145,8 +145,8 @@ static int group_row(void *ud, const relay_sql_row_t *row)
     json_t *o;
     if (g->kind != 1)
         o = json_pack("{s:s?, s:I, s:I, s:f}", g->kind ? "upstream" : "model",
-                      name && *name ? name : NULL,
-                      "request_count", (json_int_t)c->d->col_int(row, 1), "total_tokens",
+                      name && *name ? name : NULL, "request_count",
+                      (json_int_t)c->d->col_int(row, 1), "total_tokens",
                       (json_int_t)c->d->col_int(row, 2), "total_cost", c->d->col_real(row, 3));
     else
         o = json_pack("{s:s, s:I}", "error_code", name ? name : "unknown", "count",
@@ -168,12 +168,11 @@ static int groups(relay_t *r, const char *key_id, int64_t start, int64_t end, in
     /* the column comes from this fixed choice, never from the request */
     const char *col = kind == 2 ? "upstream" : "model";
     if (!rc && kind != 1)
-        rc = relay_buf_printf(
-            &sql,
-            "SELECT COALESCE(%s, ''), count(*), COALESCE(SUM(total_tokens), 0), "
-            "COALESCE(SUM(total_cost), 0) FROM usage_logs WHERE %s "
-            "GROUP BY COALESCE(%s, '') ORDER BY 2 DESC, 1 LIMIT %d",
-            col, relay_buf_str(&w.text), col, MAX_GROUPS);
+        rc = relay_buf_printf(&sql,
+                              "SELECT COALESCE(%s, ''), count(*), COALESCE(SUM(total_tokens), 0), "
+                              "COALESCE(SUM(total_cost), 0) FROM usage_logs WHERE %s "
+                              "GROUP BY COALESCE(%s, '') ORDER BY 2 DESC, 1 LIMIT %d",
+                              col, relay_buf_str(&w.text), col, MAX_GROUPS);
     else if (!rc)
         rc = relay_buf_printf(
             &sql,

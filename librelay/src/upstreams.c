@@ -165,6 +165,15 @@ static int put_locked(struct relay_upstreams *p, const char *id, const relay_ups
     return 0;
 }
 
+int relay_upstreams_name_free(relay_t *r, const char *name, const char *id)
+{
+    pthread_mutex_lock(&r->upstreams->mu);
+    relay_upstream_t *u = find_name(r->upstreams, name);
+    int taken = u && strcmp(u->id, id) != 0;
+    pthread_mutex_unlock(&r->upstreams->mu);
+    return taken ? RELAY_ERR_CONFLICT : 0;
+}
+
 int relay_upstreams_put(relay_t *r, const char *id, const relay_upstream_def_t *d, int from_db,
                         int disabled)
 {

@@ -363,8 +363,10 @@ static int store_def(ctx_t *c, relay_upstream_record_t *rec, const relay_upstrea
     rec->is_disabled = disabled;
     size_t kl = strlen(d->api_key);
     relay_strlcpy(rec->key_last4, kl > 8 ? d->api_key + kl - 4 : "", sizeof rec->key_last4);
-    int rc =
-        relay_seal(secret, rec->id, d->api_key, rec->api_key_sealed, sizeof rec->api_key_sealed);
+    int rc = relay_upstreams_name_free(c->r, d->name, rec->id);
+    rc = rc ? rc
+            : relay_seal(secret, rec->id, d->api_key, rec->api_key_sealed,
+                         sizeof rec->api_key_sealed);
     rc = rc       ? rc
          : update ? relay_store_upstream_update(c->r->store, rec)
                   : relay_store_upstream_insert(c->r->store, rec);
