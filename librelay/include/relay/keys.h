@@ -98,7 +98,7 @@ enum {
     RELAY_KEY_SET_ALLOWED_MODELS = 1 << 7,
     RELAY_KEY_SET_METADATA = 1 << 8,
     RELAY_KEY_SET_IS_ACTIVE = 1 << 9,
-    RELAY_KEY_SET_COST_LIMITS = 1 << 10, /* merged: see relay_budgets_merge (null removes) */
+    RELAY_KEY_SET_COST_LIMITS = 1 << 10,    /* merged: see relay_budgets_merge (null removes) */
     RELAY_KEY_SET_UPSTREAM_GROUP = 1 << 11, /* NULL or "" clears */
 };
 
