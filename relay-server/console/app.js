@@ -524,8 +524,11 @@
     $('audit-next').disabled = auditState.skip + AUDIT_PAGE >= js.total;
   }
 
+  // Tabs other files add (upstreams.js): name → loader, through window.RelayConsole below.
+  const extraTabs = {};
+
   function selectTab(name) {
-    for (const t of ['keys', 'tiers', 'audit']) {
+    for (const t of ['keys', 'tiers', 'audit', ...Object.keys(extraTabs)]) {
       $('tab-' + t).classList.toggle('active', t === name);
       $('tab-' + t).setAttribute('aria-selected', String(t === name));
       show($(t + '-panel'), t === name);
@@ -533,6 +536,7 @@
     notice('');
     if (name === 'keys') return attempt(reloadKeys);
     if (name === 'tiers') return attempt(loadTiers);
+    if (extraTabs[name]) return attempt(extraTabs[name]);
     return attempt(loadAudit);
   }
 
@@ -762,6 +766,10 @@
     window.addEventListener('hashchange', route);
     route();
   }
+
+  // What the other console files use: the same safe DOM helpers and the authenticated call.
+  window.RelayConsole = { admin, attempt, el, clear, show, notice, fmtInt, fmtTime,
+    confirmDialog, selectTab, tabs: extraTabs };
 
   document.addEventListener('DOMContentLoaded', wire);
 })();
