@@ -239,6 +239,41 @@ class Pool(relaytest.RelayTestCase):
             self.assertIn(k[-4:], text)
 
 
+class SharedSessions(relaytest.RelayTestCase):
+    """Two instances on one Redis: a session placed by one is kept by the other."""
+
+    USE_REDIS = True
+
+    @classmethod
+    def setUpClass(cls):
+        cls.fake_b, cls.key_b = new_fake(cls)
+        super().setUpClass()
+        cls.relay.proxy_keys.append(cls.key_b)
+
+    @classmethod
+    def relay_env(cls):
+        cfg = ("upstream:\n  primary: {name: a}\n  pool:\n"
+               "    - {name: b, url: \"%s\", api_key: \"${KEY_B}\"}\n" % cls.fake_b.url)
+        return {"RELAY_CONFIG": write_class_config(cls, cfg), "KEY_B": cls.key_b}
+
+    def test_a_session_stays_on_its_upstream_across_instances(self):
+        same = {k: self.relay.env[k] for k in ("ADMIN_PASSWORD", "SECRET_KEY")}
+        other = self.start_relay(same, data_dir=self.relay.data_dir)
+        other.proxy_keys.append(self.key_b)
+        key, _ = self.relay.create_key(token_limit=0)
+        send = lambda relay, sid=None: relay.json_request(  # noqa: E731
+            "POST", "/v1/messages", messages_body(),
+            dict({"x-api-key": key}, **({"x-claude-code-session-id": sid} if sid else {})))[0]
+        # one: a (round robin), then the session to b
+        self.assertEqual(send(self.relay), 200)
+        self.assertEqual(send(self.relay, "shared-session"), 200)
+        self.assertEqual(served_by({"a": self.fake, "b": self.fake_b}), {"a": 1, "b": 1})
+        # the other instance's round robin would start on a: Redis says b
+        for _ in range(3):
+            self.assertEqual(send(other, "shared-session"), 200)
+        self.assertEqual(served_by({"a": self.fake, "b": self.fake_b}), {"a": 1, "b": 4})
+
+
 class RestUpstreams(relaytest.RelayTestCase):
     """Upstreams made through the admin REST, on PostgreSQL, seen by two instances."""
 
