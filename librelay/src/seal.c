@@ -74,46 +74,15 @@ int relay_seal(const char *secret, const char *context, const char *plain, char 
     return rc;
 }
 
-static int b64_value(char c)
-{
-    if (c >= 'A' && c <= 'Z')
-        return c - 'A';
-    if (c >= 'a' && c <= 'z')
-        return c - 'a' + 26;
-    if (c >= '0' && c <= '9')
-        return c - '0' + 52;
-    return c == '-' ? 62 : c == '_' ? 63 : -1;
-}
-
-/* URL-safe base64 without padding into out; the decoded length, or -1. */
-static int b64url_decode(const char *in, unsigned char *out, size_t cap)
-{
-    size_t n = 0;
-    unsigned acc = 0;
-    int bits = 0;
-    for (; *in; in++) {
-        int v = b64_value(*in);
-        if (v < 0)
-            return -1;
-        acc = (acc << 6) | (unsigned)v;
-        bits += 6;
-        if (bits >= 8) {
-            bits -= 8;
-            if (n >= cap)
-                return -1;
-            out[n++] = (unsigned char)(acc >> bits);
-        }
-    }
-    return (int)n;
-}
-
 int relay_unseal(const char *secret, const char *context, const char *sealed, char *out, size_t cap)
 {
     unsigned char key[KEY_LEN], buf[NONCE_LEN + MAX_PLAIN + TAG_LEN];
     if (strncmp(sealed, "v1:", 3) != 0)
         return RELAY_ERR_AUTH;
-    int len = b64url_decode(sealed + 3, buf, sizeof buf);
-    int n = len - NONCE_LEN - TAG_LEN;
+    size_t len = 0;
+    int n = relay_base64_decode(sealed + 3, strlen(sealed + 3), buf, sizeof buf, &len) == 0
+                ? (int)len - NONCE_LEN - TAG_LEN
+                : -1;
     if (n < 0 || (size_t)n >= cap)
         return n < 0 ? RELAY_ERR_AUTH : RELAY_ERR_TOO_LARGE;
     int rc = derive(secret, key);

@@ -403,17 +403,32 @@ static void h_create(ctx_t *c)
     json_decref(o);
 }
 
+/* The path's upstream: its view, its definition (with its key) and c->id set to its id; a 404
+ * is answered when there is none. */
+static int lookup(ctx_t *c, relay_upstream_info_t *in, relay_upstream_def_t *d, int *from_db)
+{
+    json_t *o = find_object(c, in);
+    if (!o)
+        return RELAY_ERR_NOT_FOUND;
+    json_decref(o);
+    relay_strlcpy(c->id, in->id, sizeof c->id);
+    *from_db = 0;
+    if (relay_upstreams_get_def(c->r, c->id, d, from_db) != 0) {
+        fail(c, RELAY_ERR_NOT_FOUND, "no such upstream");
+        return RELAY_ERR_NOT_FOUND;
+    }
+    return 0;
+}
+
 /* A database upstream's stored definition (with its key) for a change; answered otherwise. */
 static int editable(ctx_t *c, relay_upstream_def_t *d, int *disabled)
 {
     relay_upstream_info_t in;
-    json_t *o = find_object(c, &in);
-    if (!o)
+    int from_db;
+    if (lookup(c, &in, d, &from_db) != 0)
         return RELAY_ERR_NOT_FOUND;
-    json_decref(o);
-    relay_strlcpy(c->id, in.id, sizeof c->id);
-    int from_db = 0;
-    if (relay_upstreams_get_def(c->r, c->id, d, &from_db) != 0 || !from_db) {
+    if (!from_db) {
+        explicit_bzero(d, sizeof *d);
         fail(c, RELAY_ERR_INVALID,
              "this upstream comes from the configuration file and is read-only here");
         return RELAY_ERR_INVALID;
@@ -462,14 +477,11 @@ static void h_delete(ctx_t *c)
 static void set_disabled(ctx_t *c, int disabled)
 {
     relay_upstream_info_t in;
-    json_t *o = find_object(c, &in);
-    if (!o)
-        return;
-    json_decref(o);
-    relay_strlcpy(c->id, in.id, sizeof c->id);
     relay_upstream_def_t d;
-    int from_db = 0;
-    relay_upstreams_get_def(c->r, c->id, &d, &from_db);
+    int from_db;
+    json_t *o;
+    if (lookup(c, &in, &d, &from_db) != 0)
+        return;
     relay_upstream_record_t rec = {0};
     relay_strlcpy(rec.id, c->id, sizeof rec.id);
     int rc = from_db ? store_def(c, &rec, &d, disabled, 1) : 0;
@@ -536,14 +548,11 @@ static long probe(const relay_upstream_def_t *d, char *why, size_t cap)
 static void h_test(ctx_t *c)
 {
     relay_upstream_info_t in;
-    json_t *o = find_object(c, &in);
-    if (!o)
-        return;
-    json_decref(o);
-    relay_strlcpy(c->id, in.id, sizeof c->id);
     relay_upstream_def_t d;
     int from_db;
-    relay_upstreams_get_def(c->r, c->id, &d, &from_db);
+    json_t *o;
+    if (lookup(c, &in, &d, &from_db) != 0)
+        return;
     char why[128] = "";
     long status = probe(&d, why, sizeof why);
     explicit_bzero(&d, sizeof d);
