@@ -66,6 +66,7 @@ struct relay_upstreams {
     size_t n_sessions;
     int64_t (*clock)(void *ud);
     void *clock_ud;
+    int synced; /* the stored upstreams were loaded once */
 };
 
 /* ---- names and patterns ---- */
@@ -142,6 +143,16 @@ static relay_upstream_t *find_name(struct relay_upstreams *p, const char *name)
     return NULL;
 }
 
+/* Under mu: a deleted entry no lease holds, once the table is full (a request's list of tried
+ * upstreams may still name it, which only makes that request skip the newcomer). */
+static relay_upstream_t *reusable(struct relay_upstreams *p)
+{
+    for (size_t i = 0; p->n >= MAX_UPSTREAMS && i < p->n; i++)
+        if (p->u[i]->deleted && p->u[i]->in_flight == 0)
+            return p->u[i];
+    return NULL;
+}
+
 /* Under mu. */
 static int put_locked(struct relay_upstreams *p, const char *id, const relay_upstream_def_t *d,
                       int from_db, int disabled)
@@ -150,12 +161,16 @@ static int put_locked(struct relay_upstreams *p, const char *id, const relay_ups
     relay_upstream_t *same = find_name(p, d->name);
     if (same && same != u)
         return RELAY_ERR_CONFLICT;
-    if (!u) {
+    if (!u && (u = reusable(p)) != NULL) {
+        memset(u, 0, sizeof *u);
+    } else if (!u) {
         if (p->n >= MAX_UPSTREAMS || !(u = calloc(1, sizeof *u)))
             return RELAY_ERR_TOO_LARGE;
+        p->u[p->n++] = u;
+    }
+    if (!u->id[0]) {
         relay_strlcpy(u->id, id, sizeof u->id);
         u->rl_remaining = -1;
-        p->u[p->n++] = u;
     } else if (strcmp(u->def.api_key, d->api_key) != 0) {
         u->broken = 0; /* a new key deserves a new chance */
     }
@@ -163,6 +178,11 @@ static int put_locked(struct relay_upstreams *p, const char *id, const relay_ups
     u->from_db = from_db;
     u->disabled = disabled;
     return 0;
+}
+
+int relay_upstreams_mark_synced(relay_t *r)
+{
+    return __atomic_exchange_n(&r->upstreams->synced, 1, __ATOMIC_SEQ_CST);
 }
 
 int relay_upstreams_name_free(relay_t *r, const char *name, const char *id)
@@ -309,7 +329,8 @@ static const char *session_get(struct relay_upstreams *p, const char *id, int64_
     return NULL;
 }
 
-/* Under mu. Past session_max the oldest of the bucket gives way; 1 when the binding changed. */
+/* Under mu. Past session_max the oldest of the bucket gives way; 1 when the binding changed or
+ * is past half its life (so the shared copy in Redis is refreshed while the session lasts). */
 static int session_put(struct relay_upstreams *p, size_t max, const char *id, const char *up,
                        int64_t expires, int64_t now)
 {
@@ -317,7 +338,7 @@ static int session_put(struct relay_upstreams *p, size_t max, const char *id, co
     session_get(p, id, now); /* sweeps the bucket's expired entries */
     for (session_t *s = p->sessions[b]; s; s = s->next)
         if (strcmp(s->id, id) == 0) {
-            int changed = strcmp(s->upstream, up) != 0;
+            int changed = strcmp(s->upstream, up) != 0 || s->expires - now < (expires - now) / 2;
             relay_strlcpy(s->upstream, up, sizeof s->upstream);
             s->expires = expires;
             return changed;

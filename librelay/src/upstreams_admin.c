@@ -26,21 +26,22 @@ static int is_stored(const relay_upstream_record_t *recs, size_t n, const char *
     return 0;
 }
 
-/* One stored upstream into the pool; its key opened with SECRET_KEY. */
-static void load_one(relay_t *r, relay_upstream_record_t *rec)
+/* One stored upstream into the pool; its key opened with SECRET_KEY. A key that does not open is
+ * logged once: at the first load, or when the upstream leaves the pool. */
+static void load_one(relay_t *r, relay_upstream_record_t *rec, int first)
 {
     const char *secret = r->opts.secret_key ? r->opts.secret_key : "";
     int rc = relay_unseal(secret, rec->id, rec->api_key_sealed, rec->def.api_key,
                           sizeof rec->def.api_key);
     if (rc) {
-        relay_log(r, RELAY_LOG_ERROR, "upstreams.unseal_failed", NULL,
-                  "upstream %s: its stored key does not open with SECRET_KEY (changed? see "
-                  "relay-server upstreams reseal); left out of the pool",
-                  rec->def.name);
-        relay_upstreams_remove(r, rec->id);
+        if (relay_upstreams_remove(r, rec->id) == 0 || first)
+            relay_log(r, RELAY_LOG_ERROR, "upstreams.unseal_failed", NULL,
+                      "upstream %s: its stored key does not open with SECRET_KEY (changed? see "
+                      "relay-server upstreams reseal); left out of the pool",
+                      rec->def.name);
         return;
     }
-    if (relay_upstreams_put(r, rec->id, &rec->def, 1, rec->is_disabled) != 0)
+    if (relay_upstreams_put(r, rec->id, &rec->def, 1, rec->is_disabled) != 0 && first)
         relay_log(r, RELAY_LOG_ERROR, "upstreams.conflict", NULL,
                   "upstream %s: its name is taken by another upstream; left out of the pool",
                   rec->def.name);
@@ -54,8 +55,9 @@ int relay_upstreams_sync(relay_t *r, relay_error_t *err)
     int rc = relay_store_upstream_list(r->store, &recs, &n);
     if (rc)
         return relay_error_set(err, rc, "cannot read the stored upstreams");
+    int first = !relay_upstreams_mark_synced(r);
     for (size_t i = 0; i < n; i++)
-        load_one(r, &recs[i]);
+        load_one(r, &recs[i], first);
     relay_upstream_info_t *in;
     size_t ni;
     if (relay_upstreams_list(r, &in, &ni) == 0) {

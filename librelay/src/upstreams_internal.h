@@ -112,6 +112,8 @@ int relay_upstreams_sync(relay_t *r, relay_error_t *err);
 /* Adds or replaces (by id) a pool entry; from_db marks REST upstreams. */
 int relay_upstreams_put(relay_t *r, const char *id, const relay_upstream_def_t *d, int from_db,
                         int disabled);
+/* 1 when the stored upstreams were loaded before (then marks them loaded). */
+int relay_upstreams_mark_synced(relay_t *r);
 /* 0 when no upstream but id has the name, else RELAY_ERR_CONFLICT. */
 int relay_upstreams_name_free(relay_t *r, const char *name, const char *id);
 /* Marks the entry deleted (kept in memory until relay_free: a lease may still point at it). */
