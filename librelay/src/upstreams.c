@@ -229,16 +229,24 @@ int relay_upstreams_start(relay_t *r, relay_error_t *err)
     int rc = 0;
     if (o->upstream_api_key && *o->upstream_api_key) {
         primary_def(o, &d);
+        if (relay_upstreams_check_name(d.name)) {
+            explicit_bzero(&d, sizeof d);
+            return relay_error_set(err, RELAY_ERR_CONFIG,
+                                   "upstream_name: expected 1 to 63 of A-Za-z0-9._-");
+        }
         snprintf(id, sizeof id, "config:%s", d.name);
         rc = put_locked(p, id, &d, 0, 0);
         explicit_bzero(&d, sizeof d);
     }
     for (size_t i = 0; !rc && i < o->n_upstreams; i++) {
         snprintf(id, sizeof id, "config:%s", o->upstreams[i].name);
-        rc = put_locked(p, id, &o->upstreams[i], 0, 0);
+        rc = relay_upstreams_check_name(o->upstreams[i].name)
+                 ? RELAY_ERR_INVALID
+                 : put_locked(p, id, &o->upstreams[i], 0, 0);
     }
     if (rc)
-        return relay_error_set(err, RELAY_ERR_CONFIG, "upstreams: duplicate names or too many");
+        return relay_error_set(err, RELAY_ERR_CONFIG,
+                               "upstreams: a name is invalid or taken twice, or too many");
     return relay_upstreams_sync(r, err) == RELAY_ERR_NOMEM ? RELAY_ERR_NOMEM : 0;
 }
 

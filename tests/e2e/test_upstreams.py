@@ -44,7 +44,7 @@ class Pool(relaytest.RelayTestCase):
     def relay_env(cls):
         cfg = (
             "upstream:\n"
-            "  primary: {name: a, retry_base_ms: 50, retry_max_ms: 200}\n"
+            "  primary: {name: a, retry_base_ms: 50, retry_max_ms: 200, first_byte_timeout: 1}\n"
             "  secondary: {name: s, url: \"%s\", api_key: \"${KEY_S}\"}\n"
             "  pool:\n"
             "    - {name: b, url: \"%s\", api_key: \"${KEY_B}\", weight: 3}\n"
@@ -137,6 +137,16 @@ class Pool(relaytest.RelayTestCase):
             fresh = FakeUpstream(api_key=self.key_b, port=port).start()
             self.addClassCleanup(fresh.stop)
             type(self).fake_b = self.fakes["b"] = fresh
+
+    def test_a_silent_upstream_times_out_and_fails_over(self):
+        self.fake_b.set_delay(first_byte_ms=4000)  # past first_byte_timeout (1 s)
+        for _ in range(4):
+            self.ok()
+        self.assertGreaterEqual(served_by(self.fakes)["b"], 1)
+        self.assertEqual(served_by(self.fakes)["a"], 4)
+        metrics = self.relay.request("GET", "/metrics").text
+        self.assertRegex(metrics, r'relay_upstream_requests_total\{upstream="b",status="timeout"\} [1-9]')
+        self.assertRegex(metrics, r'relay_upstream_failovers_total\{from="b",reason="timeout"\} [1-9]')
 
     def test_secondary_serves_only_while_the_others_cannot(self):
         self.admin("POST", "/admin/upstreams/config:a/disable")
