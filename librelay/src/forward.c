@@ -920,7 +920,8 @@ static void write_no_upstream(fwd_t *f, int code)
                           code == RELAY_ERR_UNAVAILABLE
                               ? "no upstream API key is configured: set UPSTREAM_API_KEY (or "
                                 "upstream.primary.api_key)"
-                              : "request URL too long");
+                          : code == RELAY_ERR_INVALID ? "request URL too long"
+                                                      : relay_strerror(code));
         return;
     }
     const char *msg = "no upstream can take the request now; retry later";
