@@ -791,6 +791,23 @@ static int each_pair(ctx_t *x, yaml_node_t *n, const char *expect, pair_fn fn, v
     return 0;
 }
 
+typedef int (*item_fn)(ctx_t *x, yaml_node_t *item, size_t i, void *arg);
+
+/* Calls fn for each item of sequence n with its index pushed on the path. */
+static int each_item(ctx_t *x, yaml_node_t *n, item_fn fn, void *arg)
+{
+    size_t i = 0;
+    for (yaml_node_item_t *it = n->data.sequence.items.start; it < n->data.sequence.items.top;
+         it++, i++) {
+        size_t mark = path_push_index(x, i);
+        int rc = fn(x, yaml_document_get_node(x->doc, *it), i, arg);
+        path_pop(x, mark);
+        if (rc)
+            return rc;
+    }
+    return 0;
+}
+
 typedef struct walk_arg {
     const field_t *fields;
     void *base;
@@ -1012,23 +1029,26 @@ static int list_from_string(ctx_t *x, yaml_node_t *n, const field_t *f, relay_co
     return rc;
 }
 
+typedef struct list_arg {
+    const field_t *f;
+    relay_config_strlist_t *l;
+} list_arg_t;
+
+static int list_item(ctx_t *x, yaml_node_t *v, size_t i, void *arg)
+{
+    list_arg_t *a = arg;
+    const char *s = NULL;
+    int rc = v && v->type == YAML_SCALAR_NODE ? scalar(x, v, "a string", &s)
+                                              : fail(x, v, "expected a string");
+    if (!rc && s && *s)
+        rc = list_add(x, v, a->f, a->l, (char *)s);
+    return rc;
+}
+
 static int list_from_sequence(ctx_t *x, yaml_node_t *n, const field_t *f, relay_config_strlist_t *l)
 {
-    size_t i = 0;
-    for (yaml_node_item_t *it = n->data.sequence.items.start; it < n->data.sequence.items.top;
-         it++, i++) {
-        yaml_node_t *v = yaml_document_get_node(x->doc, *it);
-        size_t mark = path_push_index(x, i);
-        const char *s = NULL;
-        int rc = v && v->type == YAML_SCALAR_NODE ? scalar(x, v, "a string", &s)
-                                                  : fail(x, v, "expected a string");
-        if (!rc && s && *s)
-            rc = list_add(x, v, f, l, (char *)s);
-        path_pop(x, mark);
-        if (rc)
-            return rc;
-    }
-    return 0;
+    list_arg_t a = {f, l};
+    return each_item(x, n, list_item, &a);
 }
 
 /* A list of strings: a YAML sequence, or one comma-separated string. Replaces the default. */
@@ -1228,6 +1248,11 @@ static int parse_price(ctx_t *x, yaml_node_t *n, relay_price_t *p)
     return 0;
 }
 
+static int price_item(ctx_t *x, yaml_node_t *v, size_t i, void *arg)
+{
+    return v ? parse_price(x, v, (relay_price_t *)arg + i) : fail(x, v, "expected a mapping");
+}
+
 static int f_price_list(ctx_t *x, yaml_node_t *n, const field_t *f, void *base)
 {
     if (is_null(n))
@@ -1242,14 +1267,9 @@ static int f_price_list(ctx_t *x, yaml_node_t *n, const field_t *f, void *base)
     relay_price_t *prices = calloc(count, sizeof *prices);
     if (own(x->c, prices))
         return nomem(x);
-    for (size_t i = 0; i < count; i++) {
-        size_t mark = path_push_index(x, i);
-        yaml_node_t *v = yaml_document_get_node(x->doc, n->data.sequence.items.start[i]);
-        int rc = v ? parse_price(x, v, &prices[i]) : fail(x, n, "expected a mapping");
-        path_pop(x, mark);
-        if (rc)
-            return rc;
-    }
+    int rc = each_item(x, n, price_item, prices);
+    if (rc)
+        return rc;
     x->c->relay.prices = prices;
     x->c->relay.n_prices = count;
     return 0;
@@ -1311,6 +1331,14 @@ static int f_week_starts(ctx_t *x, yaml_node_t *n, const field_t *f, void *base)
     return 0;
 }
 
+static int threshold_item(ctx_t *x, yaml_node_t *v, size_t i, void *arg)
+{
+    relay_config_t *c = x->c;
+    int rc = get_num(x, v, NUM_FRACTION, &c->alert_thresholds[i]);
+    c->n_alert_thresholds += !rc;
+    return rc;
+}
+
 static int f_thresholds(ctx_t *x, yaml_node_t *n, const field_t *f, void *base)
 {
     relay_config_t *c = x->c;
@@ -1320,20 +1348,9 @@ static int f_thresholds(ctx_t *x, yaml_node_t *n, const field_t *f, void *base)
         return 0;
     if (n->type != YAML_SEQUENCE_NODE)
         return fail(x, n, "expected a list of numbers in (0, 1]");
-    size_t i = 0;
-    for (yaml_node_item_t *it = n->data.sequence.items.start; it < n->data.sequence.items.top;
-         it++, i++) {
-        if (i >= RELAY_CONFIG_MAX_THRESHOLDS)
-            return fail(x, n, "at most %d thresholds", RELAY_CONFIG_MAX_THRESHOLDS);
-        size_t mark = path_push_index(x, i);
-        int rc =
-            get_num(x, yaml_document_get_node(x->doc, *it), NUM_FRACTION, &c->alert_thresholds[i]);
-        path_pop(x, mark);
-        if (rc)
-            return rc;
-        c->n_alert_thresholds++;
-    }
-    return 0;
+    if (n->data.sequence.items.top - n->data.sequence.items.start > RELAY_CONFIG_MAX_THRESHOLDS)
+        return fail(x, n, "at most %d thresholds", RELAY_CONFIG_MAX_THRESHOLDS);
+    return each_item(x, n, threshold_item, NULL);
 }
 
 /* The upstream section's field kinds (defined after the schema, which they walk). */
@@ -1621,22 +1638,18 @@ static int f_upstream_secondary(ctx_t *x, yaml_node_t *n, const field_t *f, void
     return is_null(n) ? 0 : parse_upstream(x, n, 1, "secondary");
 }
 
+static int pool_item(ctx_t *x, yaml_node_t *v, size_t i, void *arg)
+{
+    return parse_upstream(x, v, 0, NULL);
+}
+
 static int f_upstream_pool(ctx_t *x, yaml_node_t *n, const field_t *f, void *base)
 {
     if (is_null(n))
         return 0;
     if (n->type != YAML_SEQUENCE_NODE)
         return fail(x, n, "expected a list of {name, url, api_key, ...}");
-    size_t i = 0;
-    for (yaml_node_item_t *it = n->data.sequence.items.start; it < n->data.sequence.items.top;
-         it++, i++) {
-        size_t mark = path_push_index(x, i);
-        int rc = parse_upstream(x, yaml_document_get_node(x->doc, *it), 0, NULL);
-        path_pop(x, mark);
-        if (rc)
-            return rc;
-    }
-    return 0;
+    return each_item(x, n, pool_item, NULL);
 }
 
 /* The upstream section is strict: a mistyped key there would silently reroute traffic. */
