@@ -72,6 +72,16 @@ static char *own_strndup(relay_config_t *c, const char *s, size_t n)
     return own(c, d) == 0 ? d : NULL;
 }
 
+/* A copy of n items of size bytes, owned by the config; NULL when out of memory. */
+static void *own_copy(relay_config_t *c, const void *src, size_t n, size_t size)
+{
+    void *p = calloc(n ? n : 1, size);
+    if (own(c, p))
+        return NULL;
+    memcpy(p, src, n * size);
+    return p;
+}
+
 static char *own_strdup(relay_config_t *c, const char *s)
 {
     return own_strndup(c, s, strlen(s));
@@ -1679,10 +1689,9 @@ static int resolve_upstreams(ctx_t *x)
     c->relay.upstream_name = c->upstream_name;
     if (!x->n_ups)
         return 0;
-    relay_upstream_def_t *ups = calloc(x->n_ups, sizeof *ups);
-    if (own(c, ups))
+    relay_upstream_def_t *ups = own_copy(c, x->ups, x->n_ups, sizeof *ups);
+    if (!ups)
         return nomem(x);
-    memcpy(ups, x->ups, x->n_ups * sizeof *ups);
     c->relay.upstreams = ups;
     c->relay.n_upstreams = x->n_ups;
     return 0;
@@ -1748,10 +1757,9 @@ static int resolve_tiers(ctx_t *x)
             "no tier named %s (api_keys.default_tier); define it or set api_keys.default_tier",
             dname);
     }
-    relay_tier_def_t *tiers = calloc(x->n_tiers, sizeof *tiers);
-    if (own(c, tiers))
+    relay_tier_def_t *tiers = own_copy(c, x->tiers, x->n_tiers, sizeof *tiers);
+    if (!tiers)
         return nomem(x);
-    memcpy(tiers, x->tiers, x->n_tiers * sizeof *tiers);
     c->relay.tiers = tiers;
     c->relay.n_tiers = x->n_tiers;
     return 0;
