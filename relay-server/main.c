@@ -12,8 +12,10 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "relay/admin.h"
 #include "relay/auth.h"
 #include "relay/keys.h"
+#include "relay/stats.h"
 #include "relay/store.h"
 #include "relay/usage.h"
 #include "relay/upstreams.h"
@@ -42,6 +44,7 @@ static void usage(FILE *f)
         "  relay-server keys list                                   list keys (no secrets)\n"
         "  relay-server upstreams reseal                            re-seal stored upstream keys\n"
         "                           from RELAY_OLD_SECRET_KEY to SECRET_KEY (docs/upstreams.md)\n"
+        "  relay-server routes                                      print the REST routes served\n"
         "  relay-server version\n"
         "  relay-server --help\n\n"
         "Configuration: .env, then config.yaml ($RELAY_CONFIG), then the environment\n"
@@ -224,7 +227,7 @@ static int handle_request(server_t *s, struct mg_connection *conn)
         if (!route_stats_admin(s, conn, &req))
             route_admin(s, conn, &req);
     } else if (!strcmp(p, "/console") || !strncmp(p, "/console/", 9))
-        route_console(s, conn, &req);
+        route_console(s, conn, &req); /* 404 when console.enabled is false */
     else
         route_proxy(s, conn, &req);
     server_cors_end();
@@ -355,6 +358,29 @@ static int cmd_serve(relay_config_t *cfg)
     server_log(RELAY_LOG_INFO, "server.started", fields, "relay-server listening on http://%s",
                cfg->listen);
     return wait_and_stop(&s);
+}
+
+/* ---- routes ---- */
+static void print_route(void *ud, const char *method, const char *pattern)
+{
+    fprintf(ud, "%s %s\n", method, pattern);
+}
+
+/* The routes handle_request serves itself, then librelay's REST tables: one "METHOD PATTERN" a
+ * line. Everything else goes to the upstream (the proxy), so it is not listed. */
+static int cmd_routes(const relay_config_t *cfg)
+{
+    print_route(stdout, "GET", cfg->health_path);
+    if (cfg->metrics_enabled)
+        print_route(stdout, "GET", cfg->metrics_path);
+    if (cfg->console_enabled) {
+        print_route(stdout, "GET", "/console");
+        print_route(stdout, "GET", "/console/{file}");
+    }
+    relay_admin_routes(print_route, stdout);
+    relay_upstreams_routes(print_route, stdout);
+    relay_stats_routes(print_route, stdout);
+    return 0;
 }
 
 /* ---- migrate ---- */
@@ -556,7 +582,7 @@ static int run(cli_t *c)
         return 0;
     }
     if (strcmp(cmd, "serve") && strcmp(cmd, "migrate") && strcmp(cmd, "keys") &&
-        strcmp(cmd, "upstreams")) {
+        strcmp(cmd, "upstreams") && strcmp(cmd, "routes")) {
         fprintf(stderr, "relay-server: unknown command '%s'\n\n", cmd);
         usage(stderr);
         return 2;
@@ -574,6 +600,8 @@ static int run(cli_t *c)
         rc = cmd_keys(cfg, c->args, c->nargs);
     } else if (!strcmp(cmd, "upstreams")) {
         rc = cmd_upstreams(cfg, c->args, c->nargs);
+    } else if (!strcmp(cmd, "routes")) {
+        rc = cmd_routes(cfg);
     } else {
         struct sigaction sa;
         memset(&sa, 0, sizeof sa);

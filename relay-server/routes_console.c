@@ -67,7 +67,10 @@ static void write_error(struct mg_connection *conn, int status, int code, const 
 
 int route_console(server_t *s, struct mg_connection *conn, server_request_t *req)
 {
-    (void)s;
+    if (!s->cfg->console_enabled) {
+        write_error(conn, 404, RELAY_ERR_NOT_FOUND, "the console is disabled (console.enabled)");
+        return 1;
+    }
     const char *method = req->http.method;
     int head = !strcmp(method, "HEAD");
     if (!head && strcmp(method, "GET")) {

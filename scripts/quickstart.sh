@@ -4,6 +4,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/deps.sh
-cmake -S . -B build -DCMAKE_BUILD_TYPE=Release -DRELAY_BUILD_TESTS=OFF >&2
-cmake --build build -j"$(nproc)" --target relay-server >&2
-exec ./build/relay-server/relay-server serve "$@"
+bin=$(bash scripts/build.sh build)
+exec "./$bin" serve "$@"

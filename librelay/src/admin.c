@@ -839,96 +839,45 @@ static void h_pricing_put(ctx_t *c)
 
 /* ---- routing ---- */
 
-typedef enum route_kind {
-    R_NONE,
-    R_LOGIN,
-    R_KEYS,
-    R_KEY,
-    R_KEY_STATS,
-    R_KEY_DISABLE,
-    R_KEY_ENABLE,
-    R_KEY_ROTATE,
-    R_TIERS,
-    R_TIER,
-    R_AUDIT,
-    R_PRICING,
-} route_kind;
-
+/* Every admin route: method, pattern (relay_http_path_match) and handler, in one table that
+ * dispatch, the 405 Allow header and relay_admin_routes all read. */
 static const struct {
-    route_kind kind;
-    const char *method;
+    const char *method, *pattern;
     handler_fn fn;
 } ROUTES[] = {
-    {R_LOGIN, "POST", h_login},         {R_KEYS, "GET", h_list},
-    {R_KEYS, "POST", h_create},         {R_KEY, "GET", h_get},
-    {R_KEY, "PATCH", h_patch},          {R_KEY, "PUT", h_patch},
-    {R_KEY, "DELETE", h_delete},        {R_KEY_STATS, "GET", h_stats},
-    {R_KEY_DISABLE, "POST", h_disable}, {R_KEY_ENABLE, "POST", h_enable},
-    {R_KEY_ROTATE, "POST", h_rotate},   {R_TIERS, "GET", h_tiers},
-    {R_TIER, "GET", h_tier_get},        {R_TIER, "PUT", h_tier_put},
-    {R_TIER, "DELETE", h_tier_delete},  {R_AUDIT, "GET", h_audit},
-    {R_PRICING, "GET", h_pricing_get},  {R_PRICING, "PUT", h_pricing_put},
+    {"POST", "/admin/login", h_login},
+    {"GET", "/admin/api-keys", h_list},
+    {"POST", "/admin/api-keys", h_create},
+    {"GET", "/admin/api-keys/{id}", h_get},
+    {"PATCH", "/admin/api-keys/{id}", h_patch},
+    {"PUT", "/admin/api-keys/{id}", h_patch},
+    {"DELETE", "/admin/api-keys/{id}", h_delete},
+    {"GET", "/admin/api-keys/{id}/stats", h_stats},
+    {"POST", "/admin/api-keys/{id}/disable", h_disable},
+    {"POST", "/admin/api-keys/{id}/enable", h_enable},
+    {"POST", "/admin/api-keys/{id}/rotate", h_rotate},
+    {"GET", "/admin/rate-limit-tiers", h_tiers},
+    {"GET", "/admin/rate-limit-tiers/{name}", h_tier_get},
+    {"PUT", "/admin/rate-limit-tiers/{name}", h_tier_put},
+    {"DELETE", "/admin/rate-limit-tiers/{name}", h_tier_delete},
+    {"GET", "/admin/audit-log", h_audit},
+    {"GET", "/admin/pricing", h_pricing_get},
+    {"PUT", "/admin/pricing", h_pricing_put},
 };
 #define N_ROUTES (sizeof ROUTES / sizeof ROUTES[0])
 
-/* The route of path (one trailing '/' ignored); arg receives {id} or {name}. */
-static route_kind match(const char *path, char *arg, size_t cap)
+void relay_admin_routes(relay_http_route_fn fn, void *ud)
 {
-    char p[512];
-    size_t n = strnlen(path, sizeof p);
-    if (n >= sizeof p)
-        return R_NONE;
-    memcpy(p, path, n + 1);
-    if (n > 1 && p[n - 1] == '/')
-        p[--n] = '\0';
-    static const struct {
-        const char *path;
-        route_kind kind;
-    } fixed[] = {{"/admin/login", R_LOGIN},
-                 {"/admin/api-keys", R_KEYS},
-                 {"/admin/rate-limit-tiers", R_TIERS},
-                 {"/admin/audit-log", R_AUDIT},
-                 {"/admin/pricing", R_PRICING}};
-    for (size_t i = 0; i < sizeof fixed / sizeof fixed[0]; i++)
-        if (strcmp(p, fixed[i].path) == 0)
-            return fixed[i].kind;
-    const char *rest;
-    if (strncmp(p, "/admin/rate-limit-tiers/", 24) == 0) {
-        rest = p + 24;
-        if (!*rest || strchr(rest, '/') || strlen(rest) >= cap)
-            return R_NONE;
-        relay_strlcpy(arg, rest, cap);
-        return R_TIER;
-    }
-    if (strncmp(p, "/admin/api-keys/", 16) != 0)
-        return R_NONE;
-    rest = p + 16;
-    const char *slash = strchr(rest, '/');
-    size_t idlen = slash ? (size_t)(slash - rest) : strlen(rest);
-    if (idlen == 0 || idlen >= cap)
-        return R_NONE;
-    memcpy(arg, rest, idlen);
-    arg[idlen] = '\0';
-    if (!slash)
-        return R_KEY;
-    static const struct {
-        const char *action;
-        route_kind kind;
-    } actions[] = {{"stats", R_KEY_STATS},
-                   {"disable", R_KEY_DISABLE},
-                   {"enable", R_KEY_ENABLE},
-                   {"rotate", R_KEY_ROTATE}};
-    for (size_t i = 0; i < sizeof actions / sizeof actions[0]; i++)
-        if (strcmp(slash + 1, actions[i].action) == 0)
-            return actions[i].kind;
-    return R_NONE; /* e.g. /admin/api-keys/{id}/usage: another module's route */
+    for (size_t i = 0; i < N_ROUTES; i++)
+        fn(ud, ROUTES[i].method, ROUTES[i].pattern);
 }
 
-static void method_not_allowed(ctx_t *c, route_kind kind)
+/* 405 with the methods the matched pattern has. */
+static void method_not_allowed(ctx_t *c, const char *pattern)
 {
     char allow[64] = "";
     for (size_t i = 0; i < N_ROUTES; i++) {
-        if (ROUTES[i].kind != kind)
+        if (strcmp(ROUTES[i].pattern, pattern) != 0)
             continue;
         if (allow[0])
             relay_strlcpy(allow + strlen(allow), ", ", sizeof allow - strlen(allow));
@@ -944,23 +893,27 @@ static void method_not_allowed(ctx_t *c, route_kind kind)
 int relay_admin_handle(relay_t *r, const relay_http_request_t *req, relay_http_response_t *resp)
 {
     char arg[128];
-    route_kind kind = req->path ? match(req->path, arg, sizeof arg) : R_NONE;
-    if (kind == R_NONE)
-        return RELAY_ERR_NOT_FOUND;
-    ctx_t c = {.r = r, .req = req, .resp = resp, .arg = arg};
+    const char *pattern = NULL;
     handler_fn fn = NULL;
-    for (size_t i = 0; i < N_ROUTES && !fn; i++)
-        if (ROUTES[i].kind == kind && req->method && strcmp(ROUTES[i].method, req->method) == 0)
+    for (size_t i = 0; i < N_ROUTES && !fn; i++) {
+        if (!relay_http_path_match(ROUTES[i].pattern, req->path, arg, sizeof arg))
+            continue;
+        pattern = ROUTES[i].pattern;
+        if (req->method && strcmp(ROUTES[i].method, req->method) == 0)
             fn = ROUTES[i].fn;
+    }
+    if (!pattern)
+        return RELAY_ERR_NOT_FOUND; /* e.g. /admin/api-keys/{id}/usage: another module's route */
+    ctx_t c = {.r = r, .req = req, .resp = resp, .arg = arg};
     if (!fn) {
-        method_not_allowed(&c, kind);
+        method_not_allowed(&c, pattern);
         return 0;
     }
     if (req->body_len > RELAY_ADMIN_BODY_MAX) {
         reply_error(&c, RELAY_ERR_TOO_LARGE, "request body exceeds the admin API's 1 MiB limit");
         return 0;
     }
-    if (kind != R_LOGIN && relay_admin_authenticate(r, req, c.actor, sizeof c.actor, resp) != 0)
+    if (fn != h_login && relay_admin_authenticate(r, req, c.actor, sizeof c.actor, resp) != 0)
         return 0;
     fn(&c);
     return 0;

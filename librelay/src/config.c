@@ -1571,6 +1571,11 @@ static const field_t SECURITY[] = {
     END,
 };
 
+static const field_t CONSOLE[] = {
+    BOOL("enabled", console_enabled),
+    END,
+};
+
 static const field_t ROOT[] = {
     SECTION("app", APP),
     SECTION("server", SERVER),
@@ -1587,6 +1592,7 @@ static const field_t ROOT[] = {
     SECTION("logging", LOGGING),
     SECTION("monitoring", MONITORING),
     SECTION("security", SECURITY),
+    SECTION("console", CONSOLE),
     END,
 };
 // clang-format on
@@ -1961,6 +1967,7 @@ static int set_defaults(relay_config_t *c)
     relay_strlcpy(c->log_level, "info", sizeof c->log_level);
     relay_strlcpy(c->log_format, "json", sizeof c->log_format);
     c->metrics_enabled = 1;
+    c->console_enabled = 1;
     relay_strlcpy(c->metrics_path, "/metrics", sizeof c->metrics_path);
     relay_strlcpy(c->metrics_key_label, "name", sizeof c->metrics_key_label);
     relay_strlcpy(c->health_path, "/health", sizeof c->health_path);

@@ -89,3 +89,41 @@ void relay_http_response_clear(relay_http_response_t *resp)
     free(resp->body);
     memset(resp, 0, sizeof *resp);
 }
+
+/* The {name} segment at s (up to '/' or end) into arg; the end of the segment, or NULL. */
+static const char *take_segment(const char *s, const char *end, char *arg, size_t cap)
+{
+    const char *seg = s;
+    while (s < end && *s != '/')
+        s++;
+    size_t len = (size_t)(s - seg);
+    if (!len || !arg || len >= cap)
+        return NULL;
+    memcpy(arg, seg, len);
+    arg[len] = '\0';
+    return s;
+}
+
+int relay_http_path_match(const char *pattern, const char *path, char *arg, size_t cap)
+{
+    if (!pattern || !path)
+        return 0;
+    const char *end = path + strlen(path);
+    if (end - path > 1 && end[-1] == '/')
+        end--;
+    const char *p = pattern, *s = path;
+    while (*p) {
+        if (*p == '{') {
+            const char *close = strchr(p, '}');
+            if (!close || !(s = take_segment(s, end, arg, cap)))
+                return 0;
+            p = close + 1;
+        } else if (s < end && *s == *p) {
+            s++;
+            p++;
+        } else {
+            return 0;
+        }
+    }
+    return s == end;
+}

@@ -58,7 +58,7 @@ typedef struct relay_families {
     relay_metric_t *auth_failures, *rate_limited, *permission, *retries, *queue_depth, *drops;
     relay_metric_t *written, *unknown_model, *budget_ratio, *cache_hits, *bcrypt, *redis_up,
         *build_info;
-    relay_metric_t *key_verify, *key_waiting, *key_timeouts;
+    relay_metric_t *key_verify, *key_waiting, *key_timeouts, *cost, *db_up, *redis_configured;
     relay_metric_t *up_requests, *up_up, *up_in_flight, *up_failovers, *up_cooldowns;
 } relay_families_t;
 
@@ -508,6 +508,8 @@ static const fam_def_t FAMILIES[] = {
         sizeof TTFB_BUCKETS / sizeof TTFB_BUCKETS[0]),
     FAM(tokens, "tokens_used_total", "Tokens used by type and key (key \"other\" past the cap).",
         RELAY_METRIC_COUNTER, L("type", "key"), 2, 1, 4 * RELAY_METRICS_MAX_KEYS, NULL, 0),
+    FAM(cost, "relay_cost_usd_total", "Cost in USD of the usage billed, per key (price table).",
+        RELAY_METRIC_COUNTER, L("key"), 1, 0, RELAY_METRICS_MAX_KEYS, NULL, 0),
     FAM(quota_ratio, "token_quota_usage_ratio", "Share of the token quota used, per limited key.",
         RELAY_METRIC_GAUGE, L("key"), 1, 0, RELAY_METRICS_MAX_KEYS, NULL, 0),
     FAM(active_streams, "relay_active_streams", "Streaming requests being forwarded now.",
@@ -545,6 +547,10 @@ static const fam_def_t FAMILIES[] = {
     FAM(key_timeouts, "relay_key_verify_timeouts_total",
         "Key verifications refused after waiting verify_wait_ms.", RELAY_METRIC_COUNTER, NULL, 0,
         -1, 0, NULL, 0),
+    FAM(db_up, "relay_database_up", "1 when the store answered a ping at this scrape.",
+        RELAY_METRIC_GAUGE, NULL, 0, -1, 0, NULL, 0),
+    FAM(redis_configured, "relay_redis_configured", "1 when a Redis URL is configured.",
+        RELAY_METRIC_GAUGE, NULL, 0, -1, 0, NULL, 0),
     FAM(redis_up, "relay_redis_up", "1 when the shared Redis limiter is reachable.",
         RELAY_METRIC_GAUGE, NULL, 0, -1, 0, NULL, 0),
     FAM(up_requests, "relay_upstream_requests_total",
@@ -667,7 +673,8 @@ static void observe_budgets(relay_t *r, const relay_key_record_t *key, const cha
     free(v);
 }
 
-static void observe_tokens(relay_t *r, const relay_key_record_t *key, const relay_usage_t *u)
+static void observe_tokens(relay_t *r, const relay_key_record_t *key, const relay_usage_t *u,
+                           double cost)
 {
     relay_families_t *fam = &r->metrics->fam;
     int mode = __atomic_load_n(&r->metrics->key_label, __ATOMIC_RELAXED);
@@ -683,6 +690,8 @@ static void observe_tokens(relay_t *r, const relay_key_record_t *key, const rela
                  {"cache_read", u->cache_read_input_tokens}};
     for (size_t i = 0; i < 4; i++)
         relay_metrics_add(fam->tokens, L(kinds[i].type, label), (double)kinds[i].n);
+    if (cost > 0)
+        relay_metrics_add(fam->cost, L(label), cost);
     observe_budgets(r, key, mode != RELAY_METRICS_KEY_OFF ? label : NULL);
     if (key->token_limit <= 0)
         return;
@@ -720,7 +729,7 @@ void relay_metrics_observe_request(relay_t *r, const relay_http_request_t *req,
         relay_metrics_observe(fam->ttfb, L(route), (double)res->fwd.time_to_first_byte_ms / 1000.0);
     const relay_usage_t *u = &res->fwd.usage;
     if (key)
-        observe_tokens(r, key, u);
+        observe_tokens(r, key, u, res->cost);
     const char *m = u->model[0] ? u->model : model;
     int known = 1;
     int64_t tokens = u->input_tokens + u->output_tokens + u->cache_creation_input_tokens +
@@ -773,6 +782,10 @@ static void refresh(relay_t *r)
     relay_metrics_set(fam->rate_limited, L("concurrency"), (double)ls.refused_concurrency);
     relay_metrics_set(fam->permission, L("allowlist"), (double)ls.refused_permission);
     relay_metrics_set(fam->redis_up, NULL, ls.redis_up ? 1 : 0);
+    relay_metrics_set(fam->redis_configured, NULL,
+                      strcmp(relay_limits_redis_status(r), "disabled") != 0);
+    /* One ping per scrape, as /health does: what an alert on a lost database needs. */
+    relay_metrics_set(fam->db_up, NULL, relay_health_database(r) == 0 ? 1 : 0);
     relay_keys_stats_t ks;
     relay_keys_stats(r, &ks);
     relay_metrics_set(fam->cache_hits, NULL, (double)ks.cache_hits);

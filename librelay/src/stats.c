@@ -241,6 +241,21 @@ static int int_param(req_ctx_t *c, const char *name, int64_t def, int64_t min, i
     return 0;
 }
 
+/* A true/false query parameter into *out (0 or 1); *out untouched when absent. */
+static int bool_param(req_ctx_t *c, const char *name, int *out)
+{
+    char buf[8];
+    if (!relay_http_query_param(c->req, name, buf, sizeof buf))
+        return 0;
+    if (!strcmp(buf, "true") || !strcmp(buf, "1"))
+        *out = 1;
+    else if (!strcmp(buf, "false") || !strcmp(buf, "0"))
+        *out = 0;
+    else
+        return bad_param(c, name, "expected true or false");
+    return 0;
+}
+
 /*
  * An ISO 8601 date parameter. A '+' of an offset that arrived unencoded reads as a space after
  * URL decoding; it is taken back. *date_only says whether it had no time part.
@@ -420,7 +435,11 @@ static int view_logs(req_ctx_t *c, const char *key_id)
         int_param(c, "status", 0, 100, 599, &status))
         return 0;
     int has_model = relay_http_query_param(c->req, "model", model, sizeof model) && model[0];
+    int is_error = -1;
+    if (bool_param(c, "is_error", &is_error))
+        return 0;
     relay_usage_query_t q = {.api_key_id = key_id,
+                             .is_error = is_error,
                              .start = start,
                              .end = end,
                              .model = has_model ? model : NULL,
@@ -480,26 +499,39 @@ static int view_quota(req_ctx_t *c, const relay_key_record_t *key)
 
 /* ---------------------------------------------------------------- routing */
 
-enum { V_NONE = 0, V_SUMMARY, V_DAILY, V_LOGS, V_QUOTA };
+enum { V_NONE = 0, V_SUMMARY, V_DAILY, V_LOGS, V_QUOTA, V_OVERVIEW };
 
-/* Which view rest ("", "/daily", ...) names; a trailing slash is allowed. */
-static int view_of(const char *rest, int allow_quota)
+/* The statistics routes (all GET): the key holder's under /api/usage, the admin's under /admin.
+ * Dispatch and relay_stats_routes read this one table. */
+static const struct {
+    const char *pattern;
+    int view, admin;
+} VIEWS[] = {
+    {"/api/usage", V_SUMMARY, 0},
+    {"/api/usage/daily", V_DAILY, 0},
+    {"/api/usage/logs", V_LOGS, 0},
+    {"/api/usage/quota", V_QUOTA, 0},
+    {"/admin/usage", V_OVERVIEW, 1},
+    {"/admin/usage/summary", V_SUMMARY, 1},
+    {"/admin/usage/daily", V_DAILY, 1},
+    {"/admin/usage/logs", V_LOGS, 1},
+    {"/admin/api-keys/{id}/usage", V_SUMMARY, 1},
+    {"/admin/api-keys/{id}/usage/daily", V_DAILY, 1},
+    {"/admin/api-keys/{id}/usage/logs", V_LOGS, 1},
+};
+
+void relay_stats_routes(relay_http_route_fn fn, void *ud)
 {
-    char s[32];
-    size_t n = strlen(rest);
-    if (n >= sizeof s)
-        return V_NONE;
-    memcpy(s, rest, n + 1);
-    if (n && s[n - 1] == '/')
-        s[n - 1] = '\0';
-    if (!s[0])
-        return V_SUMMARY;
-    if (!strcmp(s, "/daily"))
-        return V_DAILY;
-    if (!strcmp(s, "/logs"))
-        return V_LOGS;
-    if (allow_quota && !strcmp(s, "/quota"))
-        return V_QUOTA;
+    for (size_t i = 0; i < sizeof VIEWS / sizeof VIEWS[0]; i++)
+        fn(ud, "GET", VIEWS[i].pattern);
+}
+
+/* The view path names among the user (admin 0) or admin (1) routes; arg receives {id}. */
+static int view_of(const char *path, int admin, char *arg, size_t cap)
+{
+    for (size_t i = 0; i < sizeof VIEWS / sizeof VIEWS[0]; i++)
+        if (VIEWS[i].admin == admin && relay_http_path_match(VIEWS[i].pattern, path, arg, cap))
+            return VIEWS[i].view;
     return V_NONE;
 }
 
@@ -513,25 +545,25 @@ static int method_ok(req_ctx_t *c)
     return 0;
 }
 
+/* A view of one key, or of every key when key is NULL (the admin's /admin/usage/... views). */
 static int run_view(req_ctx_t *c, int view, const relay_key_record_t *key)
 {
+    const char *id = key ? key->id : NULL;
     switch (view) {
     case V_SUMMARY:
-        return view_summary(c, key->id);
+        return view_summary(c, id);
     case V_DAILY:
-        return view_daily(c, key->id);
+        return view_daily(c, id);
     case V_LOGS:
-        return view_logs(c, key->id);
+        return view_logs(c, id);
     default:
-        return view_quota(c, key);
+        return key ? view_quota(c, key) : fail(c, RELAY_ERR_NOT_FOUND, NULL);
     }
 }
 
 int relay_user_handle(relay_t *r, const relay_http_request_t *req, relay_http_response_t *resp)
 {
-    if (strncmp(req->path, "/api/usage", 10) != 0)
-        return RELAY_ERR_NOT_FOUND;
-    int view = view_of(req->path + 10, 1);
+    int view = req->path ? view_of(req->path, 0, NULL, 0) : V_NONE;
     if (view == V_NONE)
         return RELAY_ERR_NOT_FOUND;
     req_ctx_t c = {r, req, resp};
@@ -752,30 +784,20 @@ static int admin_overview(req_ctx_t *c)
 int relay_stats_admin_handle(relay_t *r, const relay_http_request_t *req,
                              relay_http_response_t *resp)
 {
-    const char *p = req->path;
-    int view = V_NONE;
     char id[40] = "";
-    if (!strcmp(p, "/admin/usage") || !strcmp(p, "/admin/usage/")) {
-        view = -1;
-    } else if (!strncmp(p, "/admin/api-keys/", 16)) {
-        const char *slash = strchr(p + 16, '/');
-        size_t n = slash ? (size_t)(slash - (p + 16)) : 0;
-        if (slash && n < sizeof id && !strncmp(slash, "/usage", 6)) {
-            memcpy(id, p + 16, n);
-            id[n] = '\0';
-            view = view_of(slash + 6, 0);
-        }
-    }
+    int view = req->path ? view_of(req->path, 1, id, sizeof id) : V_NONE;
     if (view == V_NONE)
         return RELAY_ERR_NOT_FOUND;
     req_ctx_t c = {r, req, resp};
     char subject[128];
     if (!method_ok(&c) || relay_admin_authenticate(r, req, subject, sizeof subject, resp) != 0)
         return 0;
-    if (view == -1) {
+    if (view == V_OVERVIEW) {
         admin_overview(&c);
         return 0;
     }
+    if (!id[0]) /* /admin/usage/summary, /daily, /logs: every key together */
+        return run_view(&c, view, NULL), 0;
     relay_key_record_t key = {0};
     relay_error_t err = {0};
     int rc = relay_keys_get(r, id, &key, &err);

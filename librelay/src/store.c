@@ -1042,7 +1042,7 @@ int relay_store_usage_write(relay_store_t *s, const relay_usage_row_t *rows, siz
 
 typedef struct usage_query {
     relay_buf_t where;
-    relay_sql_val_t p[8];
+    relay_sql_val_t p[10]; /* up to 6 conditions, then limit and offset */
     int np;
     vec_t v;
     int64_t total;
@@ -1128,6 +1128,8 @@ int relay_store_usage_logs(relay_store_t *s, const relay_usage_query_t *qin,
         rc = add_cond(&q, "model =", V_TEXT(qin->model));
     if (!rc && qin->status)
         rc = add_cond(&q, "response_status =", V_INT(qin->status));
+    if (!rc && qin->is_error == 1)
+        rc = add_cond(&q, "is_error =", V_INT(1));
     q.p[q.np] = V_INT(qin->limit > 0 ? qin->limit : 0);
     q.p[q.np + 1] = V_INT(qin->skip > 0 ? qin->skip : 0);
     if (!rc)

@@ -576,12 +576,24 @@ typedef void (*handler_fn)(ctx_t *c);
 static const struct {
     const char *action; /* NULL: /admin/upstreams/{id} itself; "": the collection */
     const char *method;
+    const char *pattern; /* for relay_upstreams_routes */
     handler_fn fn;
 } ROUTES[] = {
-    {"", "GET", h_list},          {"", "POST", h_create},     {NULL, "GET", h_get},
-    {NULL, "PATCH", h_patch},     {NULL, "DELETE", h_delete}, {"disable", "POST", h_disable},
-    {"enable", "POST", h_enable}, {"test", "POST", h_test},
+    {"", "GET", "/admin/upstreams", h_list},
+    {"", "POST", "/admin/upstreams", h_create},
+    {NULL, "GET", "/admin/upstreams/{id}", h_get},
+    {NULL, "PATCH", "/admin/upstreams/{id}", h_patch},
+    {NULL, "DELETE", "/admin/upstreams/{id}", h_delete},
+    {"disable", "POST", "/admin/upstreams/{id}/disable", h_disable},
+    {"enable", "POST", "/admin/upstreams/{id}/enable", h_enable},
+    {"test", "POST", "/admin/upstreams/{id}/test", h_test},
 };
+
+void relay_upstreams_routes(relay_http_route_fn fn, void *ud)
+{
+    for (size_t i = 0; i < sizeof ROUTES / sizeof ROUTES[0]; i++)
+        fn(ud, ROUTES[i].method, ROUTES[i].pattern);
+}
 
 /* "" for the collection, NULL for one upstream, else its action; id filled. -1: not ours. */
 static int route_of(const char *path, char *id, size_t cap, const char **action)

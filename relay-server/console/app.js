@@ -16,24 +16,8 @@
   const $ = (id) => document.getElementById(id);
 
   /** Builds an element; children are nodes or strings (strings become text nodes, never HTML). */
-  function el(tag, props, ...children) {
-    const e = document.createElement(tag);
-    for (const [k, v] of Object.entries(props || {})) {
-      if (k === 'className') e.className = v;
-      else if (k === 'dataset') Object.assign(e.dataset, v);
-      else if (k.startsWith('on')) e.addEventListener(k.slice(2), v);
-      else e.setAttribute(k, v);
-    }
-    for (const c of children) {
-      if (c === null || c === undefined) continue;
-      e.appendChild(typeof c === 'object' ? c : document.createTextNode(String(c)));
-    }
-    return e;
-  }
-
-  function clear(node) {
-    while (node.firstChild) node.removeChild(node.firstChild);
-  }
+  const el = (tag, props, ...children) => window.RelayDom.build(null, tag, props, children);
+  const clear = window.RelayDom.clear;
 
   function show(node, visible) {
     node.hidden = !visible;
@@ -436,31 +420,9 @@
   }
 
   // ---- charts ---------------------------------------------------------------------------------
-  /** Bars of tokens per day from a /usage/daily answer (newest first), drawn oldest → newest. */
+  /** Tokens per day by kind and requests, from a /usage/daily answer (charts.js, plain SVG). */
   function drawChart(node, days) {
-    clear(node);
-    const series = days.slice().reverse();
-    const max = Math.max(1, ...series.map((d) => d.tokens));
-    const bars = el('div', { className: 'bars' });
-    for (const d of series) {
-      const b = el('div', { className: 'col', dataset: { date: d.date, tokens: d.tokens } });
-      b.title = d.date + ': ' + fmtInt(d.tokens) + ' tokens, ' + fmtInt(d.requests) +
-        ' requests, ' + fmtCost(d.cost) + (d.errors ? ', ' + fmtInt(d.errors) + ' errors' : '');
-      const fill = el('div', { className: 'fill' + (d.errors ? ' has-errors' : '') });
-      fill.style.height = (d.tokens / max) * 100 + '%';
-      if (d.tokens > 0) fill.style.minHeight = '2px';
-      b.appendChild(fill);
-      bars.appendChild(b);
-    }
-    const total = series.reduce((a, d) => a + d.tokens, 0);
-    node.append(
-      el('div', { className: 'chart-scale' }, el('span', {}, fmtInt(max === 1 && total === 0 ? 0 : max)),
-        el('span', {}, '0')),
-      bars,
-      el('div', { className: 'chart-axis' },
-        el('span', {}, series.length ? series[0].date : ''),
-        el('span', {}, series.length ? series[series.length - 1].date : '')));
-    if (total === 0) node.appendChild(el('p', { className: 'empty' }, 'No traffic in this period.'));
+    window.RelayCharts.daily(node, days);
   }
 
   function usageStats(box, js) {
@@ -482,24 +444,10 @@
     drawChart($('key-usage-chart'), daily);
     show($('key-usage'), true);
     $('key-usage').scrollIntoView({ block: 'nearest' });
+    for (const fn of keyOpenHooks) await fn(k);
   }
 
-  // ---- admin: tiers and audit log -------------------------------------------------------------
-  async function loadTiers() {
-    tiers = await admin('GET', '/admin/rate-limit-tiers');
-    const body = $('tiers-table').tBodies[0];
-    clear(body);
-    for (const t of tiers) {
-      const unlimited = t.requests < 0;
-      body.appendChild(el('tr', { dataset: { tier: t.name } },
-        el('td', { className: 'name' }, t.name),
-        el('td', { className: 'num' }, unlimited ? 'unlimited' : fmtInt(t.requests)),
-        el('td', { className: 'num' }, unlimited ? '—' : fmtInt(t.period) + ' s'),
-        el('td', { className: 'num' }, t.tokens_per_minute ? fmtInt(t.tokens_per_minute) : '—'),
-        el('td', { className: 'num' }, t.concurrent ? fmtInt(t.concurrent) : '—')));
-    }
-  }
-
+  // ---- admin: audit log ----------------------------------------------------------------------
   const auditState = { skip: 0 };
 
   async function loadAudit() {
@@ -524,20 +472,26 @@
     $('audit-next').disabled = auditState.skip + AUDIT_PAGE >= js.total;
   }
 
-  // Tabs other files add (upstreams.js): name → loader, through window.RelayConsole below.
-  const extraTabs = {};
+  // The admin tabs: name → loader, in tab-bar order. Other files add theirs with registerTab
+  // (tiers.js, dashboard.js, ...) before the page is wired; one may ask to be the default.
+  const TABS = new Map([['keys', reloadKeys], ['audit', loadAudit]]);
+  let defaultTab = 'keys';
+
+  function registerTab(name, loader, opts) {
+    TABS.set(name, loader);
+    if (opts && opts.default) defaultTab = name;
+  }
 
   function selectTab(name) {
-    for (const t of ['keys', 'tiers', 'audit', ...Object.keys(extraTabs)]) {
-      $('tab-' + t).classList.toggle('active', t === name);
-      $('tab-' + t).setAttribute('aria-selected', String(t === name));
+    for (const t of TABS.keys()) {
+      const tab = $('tab-' + t);
+      if (!tab) continue;
+      tab.classList.toggle('active', t === name);
+      tab.setAttribute('aria-selected', String(t === name));
       show($(t + '-panel'), t === name);
     }
     notice('');
-    if (name === 'keys') return attempt(reloadKeys);
-    if (name === 'tiers') return attempt(loadTiers);
-    if (extraTabs[name]) return attempt(extraTabs[name]);
-    return attempt(loadAudit);
+    return attempt(TABS.get(name));
   }
 
   // ---- confirmation dialog --------------------------------------------------------------------
@@ -702,7 +656,7 @@
     if (view === 'admin' && session && !shownAdmin) {
       shownAdmin = true;
       armExpiry(session);
-      selectTab('keys');
+      selectTab(defaultTab);
     }
     if (view === 'admin' && !session) $('login-user').focus();
     if (view === 'usage' && !holderKey) $('holder-key').focus();
@@ -729,9 +683,9 @@
     $('login-user').value = 'admin';
     $('login-form').addEventListener('submit', submitLogin);
     $('sign-out').addEventListener('click', () => signOut(''));
-    $('tab-keys').addEventListener('click', () => selectTab('keys'));
-    $('tab-tiers').addEventListener('click', () => selectTab('tiers'));
-    $('tab-audit').addEventListener('click', () => selectTab('audit'));
+    for (const t of TABS.keys()) {
+      if ($('tab-' + t)) $('tab-' + t).addEventListener('click', () => selectTab(t));
+    }
     $('keys-status').addEventListener('change', () => {
       keysState.status = $('keys-status').value;
       keysState.skip = 0;
@@ -767,9 +721,13 @@
     route();
   }
 
-  // What the other console files use: the same safe DOM helpers and the authenticated call.
-  window.RelayConsole = { admin, attempt, el, clear, show, notice, fmtInt, fmtTime,
-    confirmDialog, selectTab, tabs: extraTabs };
+  // What the console's other files (dashboard.js, tiers.js, ...) build on.
+  const keyOpenHooks = [];
+  window.RelayConsole = Object.freeze({
+    $, el, clear, show, fmtInt, fmtCost, fmtTime, stat, bar, notice, showError, admin, attempt,
+    confirmDialog, registerTab, selectTab, openUsage, usageStats,
+    onKeyOpen: (fn) => keyOpenHooks.push(fn),
+  });
 
   document.addEventListener('DOMContentLoaded', wire);
 })();

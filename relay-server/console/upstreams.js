@@ -133,10 +133,9 @@
     }
   }
 
-  C.tabs.upstreams = load;
+  C.registerTab('upstreams', load);
 
   document.addEventListener('DOMContentLoaded', () => {
-    $('tab-upstreams').addEventListener('click', () => C.selectTab('upstreams'));
     $('upstreams-refresh').addEventListener('click', () => attempt(load));
     $('new-upstream-button').addEventListener('click', () => openForm(null));
     $('upstream-form').addEventListener('submit', submit);

@@ -9,54 +9,12 @@ RELAY_CONSOLE_SHOTS when set (kept there for a human to look at).
 """
 
 import os
-import shutil
-import sys
-import tempfile
-import time
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMEDRIVER = "/usr/bin/chromedriver"
-
-
-def _import_selenium():
-    """Selenium from python3-selenium lives in Debian's own Python; when ctest runs another
-    interpreter (pyenv, a venv) re-run this file with /usr/bin/python3 rather than skip."""
-    try:
-        import selenium  # noqa: F401
-        return True
-    except ImportError:
-        pass
-    system = "/usr/bin/python3"
-    if (os.path.exists(system) and os.path.realpath(sys.executable) != os.path.realpath(system)
-            and not os.environ.get("RELAY_CONSOLE_REEXEC")):
-        os.environ["RELAY_CONSOLE_REEXEC"] = "1"
-        os.execv(system, [system, "-u"] + sys.argv)
-    return False
-
-
-def _skip_unless_browser():
-    missing = [p for p in (CHROMIUM, CHROMEDRIVER) if not os.access(p, os.X_OK)]
-    if not _import_selenium():
-        missing.append("python3-selenium")
-    if missing:
-        print("SKIP: missing %s (apt-get install chromium chromium-driver python3-selenium)"
-              % ", ".join(missing), flush=True)
-        sys.exit(77)
-
-
-_skip_unless_browser()
-
-from selenium import webdriver  # noqa: E402
-from selenium.common.exceptions import StaleElementReferenceException  # noqa: E402
-from selenium.webdriver.chrome.service import Service  # noqa: E402
-from selenium.webdriver.common.by import By  # noqa: E402
-from selenium.webdriver.support.ui import Select, WebDriverWait  # noqa: E402
-
+import console_browser  # noqa: F401  (exits 77 without a browser)
+from console_browser import CONSOLE_DIR, By, ConsoleCase, Select  # noqa: E402
 import relaytest  # noqa: E402
-from relaytest import RelayTestCase, messages_body, wait_until  # noqa: E402
+from relaytest import messages_body, wait_until  # noqa: E402
 
-CONSOLE_DIR = os.path.join(os.environ.get("RELAY_SOURCE_DIR", os.path.join(
-    os.path.dirname(os.path.abspath(__file__)), "..", "..")), "relay-server", "console")
 XSS = "<img src=x onerror=window.__xss=1>"
 # Every request the fake answers: 100 input, 50 output, 20 cache writes, 30 cache reads.
 USAGE = dict(input_tokens=100, output_tokens=50, cache_creation_input_tokens=20,
@@ -74,127 +32,10 @@ def proxy_status(relay, key):
     return r.status
 
 
-class ConsoleTest(RelayTestCase):
-    @classmethod
-    def setUpClass(cls):
-        super().setUpClass()
-        cls.shots = os.environ.get("RELAY_CONSOLE_SHOTS")
-        if cls.shots:
-            os.makedirs(cls.shots, exist_ok=True)
-        else:
-            cls.shots = tempfile.mkdtemp(prefix="relaytest-console-shots-")
-            cls.addClassCleanup(shutil.rmtree, cls.shots, True)
-        cls.profile = tempfile.mkdtemp(prefix="relaytest-chromium-")
-        cls.addClassCleanup(shutil.rmtree, cls.profile, True)
-        opts = webdriver.ChromeOptions()
-        opts.binary_location = CHROMIUM
-        # No network here: without the background-networking flags Chromium keeps trying
-        # (and failing) to reach Google's services.
-        for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-                     "--no-first-run", "--disable-background-networking",
-                     "--disable-component-update", "--disable-sync",
-                     "--disable-dev-shm-usage", "--window-size=1280,900",
-                     "--user-data-dir=" + cls.profile):
-            opts.add_argument(flag)
-        opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-        cls.driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
-        cls.addClassCleanup(cls.driver.quit)
-        cls.browser_log = []
-
+class ConsoleTest(ConsoleCase):
     def setUp(self):
         super().setUp()
         self.fake.set_usage(**USAGE)
-
-    def tearDown(self):
-        # Keep the browser's console messages for test_zz_no_script_or_csp_errors.
-        self.browser_log.extend(self.driver.get_log("browser"))
-        super().tearDown()
-
-    # ---- browser helpers ---------------------------------------------------------------------
-    def open(self, view, fresh=False):
-        """Load the console on #view; fresh=True forgets any admin session first."""
-        d = self.driver
-        d.get("about:blank")
-        d.get(self.relay.url + "/console#" + view)
-        if fresh:
-            d.execute_script("sessionStorage.clear()")
-            d.get("about:blank")
-            d.get(self.relay.url + "/console#" + view)
-        self.wait(lambda _: d.execute_script("return document.readyState") == "complete")
-
-    def wait(self, cond, timeout=10, what="condition"):
-        # The page re-renders tables after each action: an element found a moment ago may be gone.
-        return WebDriverWait(self.driver, timeout, ignored_exceptions=(
-            StaleElementReferenceException,)).until(cond, what)
-
-    def visible(self, elem_id):
-        return self.wait(lambda d: d.find_element(By.ID, elem_id).is_displayed()
-                         and d.find_element(By.ID, elem_id), what="#%s visible" % elem_id)
-
-    def text(self, elem_id):
-        return self.driver.find_element(By.ID, elem_id).text
-
-    def shot(self, name):
-        path = os.path.join(self.shots, name + ".png")
-        self.driver.save_screenshot(path)
-        return path
-
-    def js(self, script, *args):
-        return self.driver.execute_script(script, *args)
-
-    def sign_in(self, password=None):
-        self.open("admin", fresh=True)
-        self.visible("login-password").send_keys(password or self.relay.env["ADMIN_PASSWORD"])
-        self.driver.find_element(By.ID, "login-submit").click()
-
-    def signed_in(self):
-        self.sign_in()
-        self.visible("admin")
-        self.wait(lambda d: "of" in self.text("keys-range"), what="keys loaded")
-
-    def key_row(self, name, timeout=10):
-        """The keys table row whose name cell reads exactly name (text, not markup)."""
-        find = ("return [...document.querySelectorAll('#keys-table tbody tr')]"
-                ".find(r => r.querySelector('td.name').textContent === arguments[0]) || null")
-        return self.wait(lambda d: self.js(find, name), timeout, "row for %r" % name)
-
-    def row_cells(self, name):
-        return [c.text for c in self.key_row(name).find_elements(By.TAG_NAME, "td")]
-
-    def row_action(self, name, action):
-        self.key_row(name).find_element(By.CSS_SELECTOR, "button[data-action=%s]" % action).click()
-
-    def row_status(self, name):
-        return self.key_row(name).find_element(By.CSS_SELECTOR, ".badge").text
-
-    def wait_status(self, name, status):
-        self.wait(lambda d: self.row_status(name) == status, what="%s %s" % (name, status))
-
-    def confirm(self):
-        self.visible("confirm")
-        self.driver.find_element(By.ID, "confirm-ok").click()
-
-    def create_key_ui(self, name, limit=None, tier="basic", description=None):
-        """Create a key through the form; returns the full key read from the page."""
-        self.driver.find_element(By.ID, "new-key-button").click()
-        self.visible("key-form")
-        self.wait(lambda d: len(Select(d.find_element(By.ID, "key-tier")).options) > 0,
-                  what="tiers in the form")
-        self.driver.find_element(By.ID, "key-name").send_keys(name)
-        if description:
-            self.driver.find_element(By.ID, "key-description").send_keys(description)
-        if limit is not None:
-            self.driver.find_element(By.ID, "key-limit").send_keys(str(limit))
-        Select(self.driver.find_element(By.ID, "key-tier")).select_by_value(tier)
-        self.driver.find_element(By.ID, "key-form-submit").click()
-        self.visible("new-key")
-        key = self.wait(lambda d: self.text("new-key-value"), what="the new key")
-        self.relay.proxy_keys.append(key)  # a secret: must never show up in the server's logs
-        return key
-
-    def storage(self):
-        return self.js("return JSON.stringify([Object.assign({}, localStorage), "
-                       "Object.assign({}, sessionStorage)])")
 
     # ---- the static files --------------------------------------------------------------------
     def test_static_files_and_headers(self):
@@ -204,9 +45,11 @@ class ConsoleTest(RelayTestCase):
             self.assertEqual(r.header("content-type"), "text/html; charset=utf-8")
             with open(os.path.join(CONSOLE_DIR, "index.html"), "rb") as f:
                 self.assertEqual(r.body, f.read())
-        for name, ctype in (("app.js", "text/javascript; charset=utf-8"),
-                            ("app.css", "text/css; charset=utf-8"),
-                            ("icon.svg", "image/svg+xml")):
+        types = {".js": "text/javascript; charset=utf-8", ".css": "text/css; charset=utf-8",
+                 ".svg": "image/svg+xml", ".html": "text/html; charset=utf-8"}
+        files = sorted(os.listdir(CONSOLE_DIR))
+        self.assertTrue({"app.js", "app.css", "icon.svg", "charts.js"} <= set(files))
+        for name, ctype in ((n, types[os.path.splitext(n)[1]]) for n in files):
             r = self.relay.request("GET", "/console/" + name)
             self.assertEqual(r.status, 200, name)
             self.assertEqual(r.header("content-type"), ctype)
@@ -238,9 +81,11 @@ class ConsoleTest(RelayTestCase):
         r = self.relay.request("GET", "/consoles")
         self.assertEqual(r.status, 401)
         # Offline machines and a strict CSP: nothing may come from another origin.
-        for name in ("index.html", "app.js", "app.css"):
+        for name in (n for n in files if not n.endswith(".svg")):
             with open(os.path.join(CONSOLE_DIR, name)) as f:
                 src = f.read()
+            # The SVG namespace is a name, never fetched.
+            src = src.replace("'http://www.w3.org/2000/svg'", "")
             self.assertNotRegex(src, r"(https?:)?//[a-z0-9.-]+\.[a-z]{2,}/", name)
             self.assertNotIn("innerHTML", src, name)
             self.assertNotIn("localStorage.setItem", src, name)

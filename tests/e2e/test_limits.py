@@ -704,7 +704,9 @@ class RedisOutageTest(LimitsBase):
         n_down = len(results)
         wait_until(lambda: len(results) >= n_down + 10, 20, "10 requests with Redis down")
         relay.wait_for_log("limits.redis_down", 5)
-        self.assertIn("relay_redis_up 0", relay.request("GET", "/metrics").text.splitlines())
+        lines = relay.request("GET", "/metrics").text.splitlines()
+        self.assertIn("relay_redis_up 0", lines)
+        self.assertIn("relay_redis_configured 1", lines)
 
         redis = self.start_redis(port)
         wait_until(lambda: relay.request("GET", "/health").json()["redis"] == "ok", 15,

@@ -117,7 +117,18 @@ class MetricsTest(MetricsBase):
         self.assertEqual(delta("relay_unpriced_requests_total", model="gpt-unknown-1"), 1)
         self.assertEqual(delta("relay_auth_failures_total", reason="invalid"), 1)
         self.assertEqual(delta("relay_auth_failures_total", reason="missing"), 1)
+        # Cost: per key, the same USD the usage rows carry (the unpriced model at the default).
+        def billed():
+            st, js, _ = self.relay.json_request("GET", "/admin/api-keys/%s/usage" % obj["id"],
+                                                None, self.relay.admin_headers())
+            return js if st == 200 and js["total_requests"] >= 6 else None
+        summary = relaytest.wait_until(billed, 10, "the usage rows")
+        self.assertGreater(summary["total_cost"], 0)
+        self.assertAlmostEqual(delta("relay_cost_usd_total", key="metrics-e2e"),
+                               summary["total_cost"], places=6)
         self.assertEqual(sample(m, "relay_active_streams"), 0)
+        self.assertEqual(sample(m, "relay_database_up"), 1)
+        self.assertEqual(sample(m, "relay_redis_configured"), 1 if self.USE_REDIS else 0)
         self.assertEqual(sample(m, "relay_usage_write_drops_total"), 0)
         self.assertIn(("relay_usage_write_queue_depth", frozenset()), m)
         # 1000000 default limit: 6 requests of 26 tokens.

@@ -629,6 +629,17 @@ static void test_usage_logs_query(void **state)
     assert_int_equal(total, 3);
     assert_int_equal(out[2].created_at, T0);
     free(out);
+    /* Only errors, every key, with the model filter: i % 5 == 0 and i % 3 == 0 → 0, 15. */
+    q = (relay_usage_query_t){.is_error = 1, .model = "claude-haiku-4-5", .limit = 100};
+    assert_int_equal(relay_store_usage_logs(S, &q, &out, &n, &total), 0);
+    assert_int_equal(total, 2);
+    assert_true(out[0].is_error && out[1].is_error);
+    assert_int_equal(out[0].created_at, T0 + 150);
+    free(out);
+    q = (relay_usage_query_t){.is_error = 1, .limit = 100}; /* 0, 5, ..., 25 */
+    assert_int_equal(relay_store_usage_logs(S, &q, &out, &n, &total), 0);
+    assert_int_equal(total, 6);
+    free(out);
     /* Time range [T0+50, T0+150): i = 5..14 → 10 rows, end exclusive. */
     q = (relay_usage_query_t){.start = T0 + 50, .end = T0 + 150, .limit = 4, .skip = 8};
     assert_int_equal(relay_store_usage_logs(S, &q, &out, &n, &total), 0);

@@ -130,6 +130,7 @@ static void test_defaults_without_files(void **state)
     assert_int_equal(c->worker_threads, 2500);
     assert_int_equal(c->shutdown_grace_s, 30);
     assert_int_equal(c->forward_event_logging, 0);
+    assert_int_equal(c->console_enabled, 1);
     assert_int_equal(c->trusted_proxies.n, 0);
     assert_string_equal(c->log_level, "info");
     assert_int_equal(c->relay.log_level, RELAY_LOG_INFO);
@@ -469,6 +470,8 @@ static void test_server_and_extras(void **state)
                  "  trusted_proxies: [10.0.0.0/8, \"::1\", 192.168.1.7]\n"
                  "  shutdown_grace_seconds: 0\n"
                  "  forward_event_logging: yes\n"
+                 "console:\n"
+                 "  enabled: off\n"
                  "app:\n"
                  "  port: 1\n" /* server.listen wins over app.host/app.port */
                  "upstream:\n"
@@ -509,6 +512,7 @@ static void test_server_and_extras(void **state)
     assert_string_equal(c->trusted_proxies.items[1], "::1");
     assert_int_equal(c->shutdown_grace_s, 0);
     assert_int_equal(c->forward_event_logging, 1);
+    assert_int_equal(c->console_enabled, 0);
     assert_true(c->relay.connect_timeout_s == 2.5);
     assert_int_equal(c->relay.drain_timeout_ms, 1500);
     assert_int_equal(c->relay.retry_base_ms, 10);
@@ -931,6 +935,7 @@ static void test_example_files_load(void **state)
     assert_string_equal(c->health_path, d->health_path);
     assert_string_equal(c->metrics_key_label, d->metrics_key_label);
     assert_int_equal(c->metrics_enabled, d->metrics_enabled);
+    assert_int_equal(c->console_enabled, d->console_enabled);
     assert_int_equal(c->cors_enabled, d->cors_enabled);
     assert_int_equal(c->n_alert_thresholds, d->n_alert_thresholds);
     assert_int_equal(c->alert_webhook_timeout_ms, d->alert_webhook_timeout_ms);

@@ -37,6 +37,9 @@ extern "C" {
  */
 RELAY_API int relay_admin_handle(relay_t *r, const relay_http_request_t *req,
                                  relay_http_response_t *resp);
+/* Calls fn for every route relay_admin_handle serves (relay/http.h patterns, e.g.
+ * "/admin/api-keys/{id}"). Thread-safe; the strings are static. */
+RELAY_API void relay_admin_routes(relay_http_route_fn fn, void *ud);
 
 /*
  * The Bearer check every admin route makes, for hosts and other modules that add admin routes

@@ -59,6 +59,9 @@ typedef struct relay_config {
     char metrics_key_label[8];                  /* "name" | "id" | "off" */
     char health_path[128];                      /* "/health" */
 
+    /* console.* */
+    int console_enabled; /* 1; 0: /console and /console/... answer 404 */
+
     /* security.cors.* */
     int cors_enabled;                    /* 0 */
     relay_config_strlist_t cors_origins; /* allow_origins */

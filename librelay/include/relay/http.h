@@ -61,6 +61,21 @@ RELAY_API void relay_http_response_add_header(relay_http_response_t *resp, const
                                               const char *value);
 RELAY_API void relay_http_response_clear(relay_http_response_t *resp);
 
+/*
+ * Route patterns, the one form every REST table in librelay uses: literal segments and at most one
+ * "{name}" segment, e.g. "/admin/api-keys/{id}/stats". relay_http_path_match says whether path
+ * (one trailing '/' ignored) fits pattern; arg (cap bytes, may be NULL for a pattern without a
+ * parameter) receives the {name} segment. A segment that does not fit in arg does not match.
+ * Returns 1 on a match, 0 otherwise. Pure function: thread-safe.
+ */
+RELAY_API int relay_http_path_match(const char *pattern, const char *path, char *arg, size_t cap);
+
+/*
+ * Called once per route a REST handler serves (method "GET", ..., pattern as above), in table
+ * order; the strings are static. Used by `relay-server routes` and the OpenAPI test.
+ */
+typedef void (*relay_http_route_fn)(void *ud, const char *method, const char *pattern);
+
 #ifdef __cplusplus
 }
 #endif

@@ -27,6 +27,8 @@ extern "C" {
  *   /admin/usage?skip=&limit=&sort=&order=&start_date=&end_date=
  *                                           {"items":[per key],"total","skip","limit","totals"}
  *   /admin/api-keys/{id}/usage, /usage/daily, /usage/logs   as the user endpoints, for key id
+ *   /admin/usage/summary, /admin/usage/daily, /admin/usage/logs  the same, over every key
+ * The logs views also take is_error=true (only failed requests).
  *
  * Dates are ISO 8601 ("2025-01-31", "2025-01-31T12:00:00Z", offsets accepted); a date-only
  * end_date includes that whole day. A bad parameter gets 400 invalid_request_error naming it.
@@ -41,6 +43,9 @@ RELAY_API int relay_user_handle(relay_t *r, const relay_http_request_t *req,
                                 relay_http_response_t *resp);
 RELAY_API int relay_stats_admin_handle(relay_t *r, const relay_http_request_t *req,
                                        relay_http_response_t *resp);
+/* Calls fn for every route the two handlers above serve (all GET; relay/http.h patterns).
+ * Thread-safe; the strings are static. */
+RELAY_API void relay_stats_routes(relay_http_route_fn fn, void *ud);
 
 /* The totals /api/usage answers, for hosts that want them without JSON. */
 typedef struct relay_usage_summary {

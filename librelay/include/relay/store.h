@@ -165,6 +165,7 @@ typedef struct relay_usage_query {
     const char *model;      /* NULL or exact model */
     int status;             /* 0 or exact response_status */
     int64_t skip, limit;
+    int is_error; /* -1 or 0: any row (0 from a zeroed struct); 1 only errors */
 } relay_usage_query_t;
 
 /* Rows matching q, newest first (created_at desc, id desc). Free with free(). */

@@ -70,6 +70,9 @@ RELAY_API int relay_upstreams_list(relay_t *r, relay_upstream_info_t **out, size
 RELAY_API int relay_upstreams_admin_handle(relay_t *r, const relay_http_request_t *req,
                                            relay_http_response_t *resp);
 
+/* Calls fn once per route relay_upstreams_admin_handle answers (method, pattern). */
+RELAY_API void relay_upstreams_routes(relay_http_route_fn fn, void *ud);
+
 /*
  * Re-seals every stored upstream key from old_secret (the previous SECRET_KEY) to the relay's
  * SECRET_KEY. *n gets how many were re-sealed. A key that opens with neither fails the call
