@@ -20,6 +20,8 @@ relay_require_pkg(JWT libjwt libjwt-dev)
 relay_require_pkg(XCRYPT libxcrypt libcrypt-dev)
 relay_require_pkg(YAML yaml-0.1 libyaml-dev)
 relay_require_pkg(SQLITE sqlite3 libsqlite3-dev)
+# libcrypto: AES-256-GCM and HKDF for the upstream keys stored in the database.
+relay_require_pkg(CRYPTO libcrypto libssl-dev)
 
 # Debian's civetweb CMake package also wants the civetweb program installed, so look up the
 # header and library directly.
@@ -34,7 +36,7 @@ set_target_properties(civetweb::civetweb PROPERTIES IMPORTED_LOCATION ${CIVETWEB
 find_package(Threads REQUIRED)
 
 set(RELAY_PRIVATE_DEPS PkgConfig::CURL PkgConfig::PQ PkgConfig::HIREDIS PkgConfig::JANSSON
-    PkgConfig::JWT PkgConfig::XCRYPT PkgConfig::YAML PkgConfig::SQLITE Threads::Threads m)
+    PkgConfig::JWT PkgConfig::XCRYPT PkgConfig::YAML PkgConfig::SQLITE PkgConfig::CRYPTO Threads::Threads m)
 
 if(RELAY_BUILD_TESTS)
   relay_require_pkg(CMOCKA cmocka libcmocka-dev)

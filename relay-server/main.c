@@ -19,6 +19,7 @@
 #include "relay/stats.h"
 #include "relay/store.h"
 #include "relay/usage.h"
+#include "relay/upstreams.h"
 #include "server.h"
 
 static volatile sig_atomic_t g_stop;
@@ -42,6 +43,8 @@ static void usage(FILE *f)
         "  relay-server keys create --name NAME [--token-limit N] [--tier TIER]\n"
         "                           [--description TEXT] [--expires-in-days N]\n"
         "  relay-server keys list                                   list keys (no secrets)\n"
+        "  relay-server upstreams reseal                            re-seal stored upstream keys\n"
+        "                           from RELAY_OLD_SECRET_KEY to SECRET_KEY (docs/upstreams.md)\n"
         "  relay-server routes                                      print the REST routes served\n"
         "  relay-server version\n"
         "  relay-server --help\n\n"
@@ -388,6 +391,7 @@ static int cmd_routes(const relay_config_t *cfg)
         print_route(stdout, "GET", "/console/{file}");
     }
     relay_admin_routes(print_route, stdout);
+    relay_upstreams_routes(print_route, stdout);
     relay_stats_routes(print_route, stdout);
     return 0;
 }
@@ -534,6 +538,36 @@ static int cmd_keys(relay_config_t *cfg, char **args, int n)
     return rc;
 }
 
+/* After SECRET_KEY changed: the stored upstream keys, sealed under the old one, are sealed again
+ * under the new one (the old one comes from RELAY_OLD_SECRET_KEY, never from the command line,
+ * where ps would show it). */
+static int cmd_upstreams(relay_config_t *cfg, char **args, int n)
+{
+    if (n < 2 || strcmp(args[1], "reseal") != 0) {
+        fprintf(stderr, "relay-server: upstreams: expected reseal\n");
+        return 2;
+    }
+    const char *old = getenv("RELAY_OLD_SECRET_KEY");
+    if (!old || !*old || !cfg->relay.secret_key || !*cfg->relay.secret_key) {
+        fprintf(stderr, "relay-server: upstreams reseal: set SECRET_KEY (the new secret) and "
+                        "RELAY_OLD_SECRET_KEY (the old one)\n");
+        return 2;
+    }
+    relay_t *r = open_relay(cfg);
+    if (!r)
+        return 1;
+    int count = 0;
+    relay_error_t err = {0};
+    int rc = relay_upstreams_reseal(r, old, &count, &err);
+    relay_free(r);
+    if (rc) {
+        fprintf(stderr, "relay-server: upstreams reseal: %s\n", err.message);
+        return 1;
+    }
+    printf("re-sealed %d upstream key%s\n", count, count == 1 ? "" : "s");
+    return 0;
+}
+
 static int run(cli_t *c);
 
 int main(int argc, char **argv)
@@ -562,7 +596,7 @@ static int run(cli_t *c)
         return 0;
     }
     if (strcmp(cmd, "serve") && strcmp(cmd, "migrate") && strcmp(cmd, "keys") &&
-        strcmp(cmd, "routes")) {
+        strcmp(cmd, "upstreams") && strcmp(cmd, "routes")) {
         fprintf(stderr, "relay-server: unknown command '%s'\n\n", cmd);
         usage(stderr);
         return 2;
@@ -578,6 +612,8 @@ static int run(cli_t *c)
         rc = cmd_migrate(cfg, c->args, c->nargs);
     } else if (!strcmp(cmd, "keys")) {
         rc = cmd_keys(cfg, c->args, c->nargs);
+    } else if (!strcmp(cmd, "upstreams")) {
+        rc = cmd_upstreams(cfg, c->args, c->nargs);
     } else if (!strcmp(cmd, "routes")) {
         rc = cmd_routes(cfg);
     } else {

@@ -4,7 +4,7 @@
 set -euo pipefail
 
 BUILD_PKGS=(build-essential cmake pkg-config libcurl4-openssl-dev libpq-dev libhiredis-dev libjansson-dev
-  libjwt-dev libcrypt-dev libyaml-dev libcivetweb-dev libsqlite3-dev)
+  libjwt-dev libcrypt-dev libyaml-dev libcivetweb-dev libsqlite3-dev libssl-dev)
 TEST_PKGS=(clang-format libcmocka-dev postgresql redis-server python3 curl prometheus
   chromium chromium-driver python3-selenium python3-yaml python3-jsonschema)
 

@@ -248,6 +248,12 @@ class FakeUpstream:
         with self._lock:
             self._fail = _Fault(spec, int(n))
 
+    def set_api_key(self, key):
+        """Accept only this key from now on (None: any key), e.g. to play a revoked key: the
+        relay's requests then get 401 authentication_error."""
+        with self._lock:
+            self.api_key = key
+
     def cut_after(self, k, count=None):
         """Close the socket after k SSE events, without the terminating chunk. None clears it.
 
@@ -793,6 +799,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             elif what == "fail_next":
                 f.fail_next(args.get("n", 1), args["status"], args.get("retry_after"),
                             args.get("message"), args.get("error_type"))
+            elif what == "api_key":
+                f.set_api_key(args["api_key"])
             elif what == "cut_after":
                 f.cut_after(args.get("events"), args.get("count"))
             elif what == "error_after":

@@ -70,6 +70,9 @@ class relay_options_t(ctypes.Structure):
         ("max_retries", ctypes.c_int), ("retry_base_ms", ctypes.c_int),
         ("retry_max_ms", ctypes.c_int), ("max_body_bytes", ctypes.c_size_t),
         ("drain_timeout_ms", ctypes.c_int),
+        ("upstream_name", _c_str), ("upstreams", ctypes.c_void_p),
+        ("n_upstreams", ctypes.c_size_t), ("session_ttl_s", ctypes.c_int),
+        ("session_max", ctypes.c_size_t),
         ("database_url", _c_str), ("data_dir", _c_str), ("db_pool_size", ctypes.c_int),
         ("auto_migrate", ctypes.c_int), ("redis_url", _c_str), ("redis_timeout_ms", ctypes.c_int),
         ("db_busy_timeout_ms", ctypes.c_int), ("db_outage_fail_closed", ctypes.c_int),
@@ -101,6 +104,7 @@ class relay_key_params_t(ctypes.Structure):
         ("name", _c_str), ("description", _c_str), ("token_limit", _c_int64), ("tier", _c_str),
         ("expires_at", _c_int64), ("allowed_ips", _c_str), ("allowed_origins", _c_str),
         ("allowed_models", _c_str), ("metadata", _c_str), ("cost_limits", _c_str),
+        ("upstream_group", _c_str),
     ]
 
 
@@ -117,12 +121,14 @@ class relay_key_record_t(ctypes.Structure):
         ("allowed_models", ctypes.c_void_p), ("metadata", ctypes.c_void_p),
         ("expires_at", _c_int64), ("created_at", _c_int64), ("updated_at", _c_int64),
         ("last_used_at", _c_int64), ("deleted_at", _c_int64), ("cost_limits", ctypes.c_void_p),
+        ("upstream_group", ctypes.c_char * 64),
     ]
 
 
 class relay_request_info_t(ctypes.Structure):
     _fields_ = [("input_tokens_estimate", _c_int64), ("max_tokens", _c_int64),
-                ("stream", ctypes.c_int), ("model", ctypes.c_char * 128)]
+                ("stream", ctypes.c_int), ("model", ctypes.c_char * 128),
+                ("user_id", ctypes.c_char * 256)]
 
 
 class relay_admit_request_t(ctypes.Structure):

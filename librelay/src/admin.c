@@ -8,6 +8,7 @@
 #include <string.h>
 #include <strings.h>
 
+#include "admin_internal.h"
 #include "internal.h"
 #include "relay/auth.h"
 #include "relay/budgets.h"
@@ -89,22 +90,28 @@ static void reply_key_with_secret(ctx_t *c, const relay_key_record_t *rec, char 
 
 /* ---- audit ---- */
 
-/* Records a change. A failed write is logged, not answered: the change itself already happened. */
-static void audit(ctx_t *c, const char *action, const char *target, json_t *details)
+void relay_admin_audit(relay_t *r, const char *actor, const char *client_ip, const char *action,
+                       const char *target, const char *details)
 {
     relay_audit_entry_t e = {0};
     relay_strlcpy(e.action, action, sizeof e.action);
     relay_strlcpy(e.target, target ? target : "", sizeof e.target);
-    relay_strlcpy(e.actor, c->actor, sizeof e.actor);
-    relay_strlcpy(e.client_ip, c->req->client_ip ? c->req->client_ip : "", sizeof e.client_ip);
-    e.details = details ? json_dumps(details, DUMP_FLAGS) : NULL;
+    relay_strlcpy(e.actor, actor, sizeof e.actor);
+    relay_strlcpy(e.client_ip, client_ip ? client_ip : "", sizeof e.client_ip);
+    e.details = (char *)details;
     e.created_at = relay_now();
-    json_decref(details);
-    int rc = relay_store_audit_insert(c->r->store, &e);
+    int rc = relay_store_audit_insert(r->store, &e);
     if (rc)
-        relay_log(c->r, RELAY_LOG_ERROR, "admin.audit_failed", NULL,
+        relay_log(r, RELAY_LOG_ERROR, "admin.audit_failed", NULL,
                   "cannot write audit row for %s: %s", e.action, relay_strerror(rc));
-    free(e.details);
+}
+
+static void audit(ctx_t *c, const char *action, const char *target, json_t *details)
+{
+    char *d = details ? json_dumps(details, DUMP_FLAGS) : NULL;
+    json_decref(details);
+    relay_admin_audit(c->r, c->actor, c->req->client_ip, action, target, d);
+    free(d);
 }
 
 /* ---- request parsing ---- */
@@ -365,6 +372,7 @@ static int create_params(ctx_t *c, json_t *o, relay_key_params_t *p, char *texts
     if (opt_string(c, o, "description", 1, &present, &p->description) ||
         opt_count(c, o, "token_limit", &present, &p->token_limit) ||
         opt_string(c, o, "rate_limit_tier", 1, &present, &p->tier) ||
+        opt_string(c, o, "upstream_group", 1, &present, &p->upstream_group) ||
         parse_expiry(c, o, &present, &p->expires_at))
         return -1;
     json_t *js[4] = {json_object_get(o, "allowed_ips"), origins_field(o),
@@ -511,6 +519,9 @@ static int patch_params(ctx_t *c, json_t *o, relay_key_update_t *u, char *texts[
     if (opt_string(c, o, "rate_limit_tier", 0, &present, &u->tier))
         return -1;
     u->set |= present ? RELAY_KEY_SET_TIER : 0;
+    if (opt_string(c, o, "upstream_group", 1, &present, &u->upstream_group))
+        return -1;
+    u->set |= present ? RELAY_KEY_SET_UPSTREAM_GROUP : 0;
     if (parse_expiry(c, o, &present, &exp))
         return -1;
     if (present) {
@@ -544,7 +555,7 @@ static json_t *changed_fields(unsigned set)
 {
     static const char *names[] = {"name",       "description", "token_limit",     "rate_limit_tier",
                                   "expires_at", "allowed_ips", "allowed_origins", "allowed_models",
-                                  "metadata",   "is_active",   "cost_limits"};
+                                  "metadata",   "is_active",   "cost_limits",     "upstream_group"};
     json_t *a = json_array();
     for (unsigned i = 0; i < sizeof names / sizeof names[0]; i++)
         if (set & (1u << i))

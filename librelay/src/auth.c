@@ -202,46 +202,6 @@ int relay_auth_issue_token(relay_t *r, const char *sub, int lifetime_s, char **t
     return *token_out ? 0 : relay_error_set(err, RELAY_ERR_NOMEM, "out of memory");
 }
 
-static int b64val(unsigned char c)
-{
-    if (c >= 'A' && c <= 'Z')
-        return c - 'A';
-    if (c >= 'a' && c <= 'z')
-        return c - 'a' + 26;
-    if (c >= '0' && c <= '9')
-        return c - '0' + 52;
-    if (c == '+' || c == '-')
-        return 62;
-    if (c == '/' || c == '_')
-        return 63;
-    return -1;
-}
-
-/* Decodes standard or URL-safe base64 (padding optional) into out; -1 on bad input or overflow. */
-static int b64_decode(const char *in, size_t n, uint8_t *out, size_t cap, size_t *out_len)
-{
-    while (n && in[n - 1] == '=')
-        n--;
-    uint32_t acc = 0;
-    int bits = 0;
-    size_t o = 0;
-    for (size_t i = 0; i < n; i++) {
-        int v = b64val((unsigned char)in[i]);
-        if (v < 0)
-            return -1;
-        acc = acc << 6 | (uint32_t)v;
-        bits += 6;
-        if (bits >= 8) {
-            bits -= 8;
-            if (o >= cap)
-                return -1;
-            out[o++] = (uint8_t)(acc >> bits);
-        }
-    }
-    *out_len = o;
-    return 0;
-}
-
 /*
  * Pins the algorithm before libjwt sees the token: the header must say exactly "HS256". Checking
  * it ourselves means a library that would accept "none" or another HMAC never gets the chance.
@@ -254,7 +214,7 @@ static int header_is_hs256(const char *token)
     uint8_t hdr[1024];
     size_t n;
     if ((size_t)(dot - token) > 1300 ||
-        b64_decode(token, (size_t)(dot - token), hdr, sizeof hdr, &n))
+        relay_base64_decode(token, (size_t)(dot - token), hdr, sizeof hdr, &n))
         return 0;
     json_t *h = json_loadb((const char *)hdr, n, 0, NULL);
     json_t *alg = json_object_get(h, "alg");
@@ -512,7 +472,8 @@ int relay_auth_parse_basic(const char *authorization, char *user, size_t ucap, c
         n--;
     uint8_t dec[RELAY_AUTH_USERNAME_MAX + RELAY_AUTH_PASSWORD_MAX + 2];
     size_t dl;
-    if (n == 0 || n > 4 * (sizeof dec / 3 + 1) || b64_decode(b, n, dec, sizeof dec - 1, &dl))
+    if (n == 0 || n > 4 * (sizeof dec / 3 + 1) ||
+        relay_base64_decode(b, n, dec, sizeof dec - 1, &dl))
         return RELAY_ERR_AUTH;
     dec[dl] = 0;
     uint8_t *colon = memchr(dec, ':', dl);

@@ -15,16 +15,18 @@
 #include <yaml.h>
 
 #include "relay/config.h"
+#include "relay/upstreams.h"
 #include "buf.h"
 #include "tz.h"
 #include "util.h"
 
-#define CFG_MAX_FILE     (1024 * 1024) /* config.yaml and .env are small; refuse anything odd */
-#define CFG_MAX_VALUE    (64 * 1024)   /* one scalar after ${VAR} expansion */
-#define CFG_MAX_WARNINGS 64
-#define CFG_MAX_TIERS    64
-#define CFG_MAX_PRICES   256
-#define CFG_MAX_ENTRIES  1024 /* entries of one mapping or list */
+#define CFG_MAX_FILE      (1024 * 1024) /* config.yaml and .env are small; refuse anything odd */
+#define CFG_MAX_VALUE     (64 * 1024)   /* one scalar after ${VAR} expansion */
+#define CFG_MAX_WARNINGS  64
+#define CFG_MAX_TIERS     64
+#define CFG_MAX_PRICES    256
+#define CFG_MAX_ENTRIES   1024 /* entries of one mapping or list */
+#define CFG_MAX_UPSTREAMS 64   /* secondary and pool entries */
 
 /* relay_error_set, with the code as the visible result so callers (and analysers) see failure. */
 #define CFG_ERR(err, code, ...) (relay_error_set((err), (code), __VA_ARGS__), (code))
@@ -68,6 +70,16 @@ static char *own_strndup(relay_config_t *c, const char *s, size_t n)
 {
     char *d = strndup(s, n);
     return own(c, d) == 0 ? d : NULL;
+}
+
+/* A copy of n items of size bytes, owned by the config; NULL when out of memory. */
+static void *own_copy(relay_config_t *c, const void *src, size_t n, size_t size)
+{
+    void *p = calloc(n ? n : 1, size);
+    if (own(c, p))
+        return NULL;
+    memcpy(p, src, n * size);
+    return p;
 }
 
 static char *own_strdup(relay_config_t *c, const char *s)
@@ -592,6 +604,12 @@ struct ctx {
     int by_tier_line;
     relay_tier_def_t default_def;
     int have_default_def, default_def_line, default_tier_line;
+    int strict; /* unknown keys are errors (the upstream section) */
+    relay_upstream_def_t ups[CFG_MAX_UPSTREAMS];
+    int ups_line[CFG_MAX_UPSTREAMS];
+    char ups_path[CFG_MAX_UPSTREAMS][48];
+    size_t n_ups;
+    int primary_name_line;
 };
 
 static unsigned long node_line(const yaml_node_t *n)
@@ -783,6 +801,23 @@ static int each_pair(ctx_t *x, yaml_node_t *n, const char *expect, pair_fn fn, v
     return 0;
 }
 
+typedef int (*item_fn)(ctx_t *x, yaml_node_t *item, size_t i, void *arg);
+
+/* Calls fn for each item of sequence n with its index pushed on the path. */
+static int each_item(ctx_t *x, yaml_node_t *n, item_fn fn, void *arg)
+{
+    size_t i = 0;
+    for (yaml_node_item_t *it = n->data.sequence.items.start; it < n->data.sequence.items.top;
+         it++, i++) {
+        size_t mark = path_push_index(x, i);
+        int rc = fn(x, yaml_document_get_node(x->doc, *it), i, arg);
+        path_pop(x, mark);
+        if (rc)
+            return rc;
+    }
+    return 0;
+}
+
 typedef struct walk_arg {
     const field_t *fields;
     void *base;
@@ -793,8 +828,12 @@ static int walk_pair(ctx_t *x, yaml_node_t *k, yaml_node_t *v, void *arg)
     walk_arg_t *w = arg;
     const char *key = (const char *)k->data.scalar.value;
     for (const field_t *f = w->fields; f->key; f++)
-        if (strcmp(f->key, key) == 0)
+        if (strcmp(f->key, key) == 0 && f->fn)
             return f->fn(x, v, f, w->base);
+        else if (strcmp(f->key, key) == 0) /* known, and ignored on purpose */
+            return warn_at(x, node_line(k), x->path, "unknown setting, ignored");
+    if (x->strict)
+        return fail(x, k, "unknown setting");
     return warn_at(x, node_line(k), x->path, "unknown setting, ignored");
 }
 
@@ -1000,23 +1039,26 @@ static int list_from_string(ctx_t *x, yaml_node_t *n, const field_t *f, relay_co
     return rc;
 }
 
+typedef struct list_arg {
+    const field_t *f;
+    relay_config_strlist_t *l;
+} list_arg_t;
+
+static int list_item(ctx_t *x, yaml_node_t *v, size_t i, void *arg)
+{
+    list_arg_t *a = arg;
+    const char *s = NULL;
+    int rc = v && v->type == YAML_SCALAR_NODE ? scalar(x, v, "a string", &s)
+                                              : fail(x, v, "expected a string");
+    if (!rc && s && *s)
+        rc = list_add(x, v, a->f, a->l, (char *)s);
+    return rc;
+}
+
 static int list_from_sequence(ctx_t *x, yaml_node_t *n, const field_t *f, relay_config_strlist_t *l)
 {
-    size_t i = 0;
-    for (yaml_node_item_t *it = n->data.sequence.items.start; it < n->data.sequence.items.top;
-         it++, i++) {
-        yaml_node_t *v = yaml_document_get_node(x->doc, *it);
-        size_t mark = path_push_index(x, i);
-        const char *s = NULL;
-        int rc = v && v->type == YAML_SCALAR_NODE ? scalar(x, v, "a string", &s)
-                                                  : fail(x, v, "expected a string");
-        if (!rc && s && *s)
-            rc = list_add(x, v, f, l, (char *)s);
-        path_pop(x, mark);
-        if (rc)
-            return rc;
-    }
-    return 0;
+    list_arg_t a = {f, l};
+    return each_item(x, n, list_item, &a);
 }
 
 /* A list of strings: a YAML sequence, or one comma-separated string. Replaces the default. */
@@ -1233,6 +1275,11 @@ static int parse_price(ctx_t *x, yaml_node_t *n, relay_price_t *p)
     return 0;
 }
 
+static int price_item(ctx_t *x, yaml_node_t *v, size_t i, void *arg)
+{
+    return v ? parse_price(x, v, (relay_price_t *)arg + i) : fail(x, v, "expected a mapping");
+}
+
 static int f_price_list(ctx_t *x, yaml_node_t *n, const field_t *f, void *base)
 {
     if (is_null(n))
@@ -1247,14 +1294,9 @@ static int f_price_list(ctx_t *x, yaml_node_t *n, const field_t *f, void *base)
     relay_price_t *prices = calloc(count, sizeof *prices);
     if (own(x->c, prices))
         return nomem(x);
-    for (size_t i = 0; i < count; i++) {
-        size_t mark = path_push_index(x, i);
-        yaml_node_t *v = yaml_document_get_node(x->doc, n->data.sequence.items.start[i]);
-        int rc = v ? parse_price(x, v, &prices[i]) : fail(x, n, "expected a mapping");
-        path_pop(x, mark);
-        if (rc)
-            return rc;
-    }
+    int rc = each_item(x, n, price_item, prices);
+    if (rc)
+        return rc;
     x->c->relay.prices = prices;
     x->c->relay.n_prices = count;
     return 0;
@@ -1316,6 +1358,14 @@ static int f_week_starts(ctx_t *x, yaml_node_t *n, const field_t *f, void *base)
     return 0;
 }
 
+static int threshold_item(ctx_t *x, yaml_node_t *v, size_t i, void *arg)
+{
+    relay_config_t *c = x->c;
+    int rc = get_num(x, v, NUM_FRACTION, &c->alert_thresholds[i]);
+    c->n_alert_thresholds += !rc;
+    return rc;
+}
+
 static int f_thresholds(ctx_t *x, yaml_node_t *n, const field_t *f, void *base)
 {
     relay_config_t *c = x->c;
@@ -1325,21 +1375,17 @@ static int f_thresholds(ctx_t *x, yaml_node_t *n, const field_t *f, void *base)
         return 0;
     if (n->type != YAML_SEQUENCE_NODE)
         return fail(x, n, "expected a list of numbers in (0, 1]");
-    size_t i = 0;
-    for (yaml_node_item_t *it = n->data.sequence.items.start; it < n->data.sequence.items.top;
-         it++, i++) {
-        if (i >= RELAY_CONFIG_MAX_THRESHOLDS)
-            return fail(x, n, "at most %d thresholds", RELAY_CONFIG_MAX_THRESHOLDS);
-        size_t mark = path_push_index(x, i);
-        int rc =
-            get_num(x, yaml_document_get_node(x->doc, *it), NUM_FRACTION, &c->alert_thresholds[i]);
-        path_pop(x, mark);
-        if (rc)
-            return rc;
-        c->n_alert_thresholds++;
-    }
-    return 0;
+    if (n->data.sequence.items.top - n->data.sequence.items.start > RELAY_CONFIG_MAX_THRESHOLDS)
+        return fail(x, n, "at most %d thresholds", RELAY_CONFIG_MAX_THRESHOLDS);
+    return each_item(x, n, threshold_item, NULL);
 }
+
+/* The upstream section's field kinds (defined after the schema, which they walk). */
+static int f_primary_name(ctx_t *x, yaml_node_t *n, const field_t *f, void *base);
+static int f_upstream_models(ctx_t *x, yaml_node_t *n, const field_t *f, void *base);
+static int f_upstream_secondary(ctx_t *x, yaml_node_t *n, const field_t *f, void *base);
+static int f_upstream_pool(ctx_t *x, yaml_node_t *n, const field_t *f, void *base);
+static int f_upstream(ctx_t *x, yaml_node_t *n, const field_t *f, void *base);
 
 /* ---- the schema ---- */
 
@@ -1381,7 +1427,8 @@ static const field_t SERVER[] = {
 };
 
 static const field_t UPSTREAM_PRIMARY[] = {
-    STRBUF("name", upstream_name, NULL),
+    {.key = "name", .fn = f_primary_name, .off = OFF(upstream_name),
+     .max = sizeof(((relay_config_t *)0)->upstream_name), .check = relay_upstreams_check_name},
     STR("url", relay.upstream_url, check_http_url),
     STR("api_key", relay.upstream_api_key, NULL),
     NUM("timeout", relay.upstream_timeout_s, NUM_POS_S),
@@ -1395,8 +1442,31 @@ static const field_t UPSTREAM_PRIMARY[] = {
     END,
 };
 
+#define UOFF(m) offsetof(relay_upstream_def_t, m)
+#define UBUF(k, m, chk) {.key = k, .fn = f_strbuf, .off = UOFF(m), \
+                         .max = sizeof(((relay_upstream_def_t *)0)->m), .check = chk}
+static const field_t UPSTREAM_ENTRY[] = {
+    UBUF("name", name, relay_upstreams_check_name),
+    UBUF("url", url, check_http_url),
+    UBUF("api_key", api_key, NULL),
+    {.key = "weight", .fn = f_int, .off = UOFF(weight), .min = 1, .max = 1000000},
+    {.key = "priority", .fn = f_int, .off = UOFF(priority), .min = 0, .max = 1000},
+    CUSTOM("models", f_upstream_models),
+    {.key = "max_concurrency", .fn = f_int, .off = UOFF(max_concurrency), .min = 0, .max = 10000000},
+    {.key = "timeout", .fn = f_num, .off = UOFF(timeout_s), .min = NUM_POS_S},
+    {.key = "max_retries", .fn = f_int, .off = UOFF(max_retries), .min = 0, .max = 20},
+    UBUF("group", group, relay_upstreams_check_name),
+    END,
+};
+
 static const field_t UPSTREAM[] = {
     SECTION("primary", UPSTREAM_PRIMARY),
+    CUSTOM("secondary", f_upstream_secondary),
+    CUSTOM("pool", f_upstream_pool),
+    /* the original relay's layout: accepted (and ignored) with a warning, as before */
+    {.key = "fallback", .fn = NULL},
+    {.key = "session_ttl", .fn = f_int, .off = OFF(relay.session_ttl_s), .min = 1, .max = 604800},
+    SIZE("session_max", relay.session_max, 1, 10000000),
     END,
 };
 
@@ -1530,7 +1600,7 @@ static const field_t CONSOLE[] = {
 static const field_t ROOT[] = {
     SECTION("app", APP),
     SECTION("server", SERVER),
-    SECTION("upstream", UPSTREAM),
+    CUSTOM("upstream", f_upstream),
     SECTION("database", DATABASE),
     SECTION("redis", REDIS),
     SECTION("admin", ADMIN),
@@ -1547,6 +1617,112 @@ static const field_t ROOT[] = {
     END,
 };
 // clang-format on
+
+/* ---- the upstream pool ---- */
+
+static int f_primary_name(ctx_t *x, yaml_node_t *n, const field_t *f, void *base)
+{
+    x->primary_name_line = (int)node_line(n);
+    return f_strbuf(x, n, f, base);
+}
+
+static int f_upstream_models(ctx_t *x, yaml_node_t *n, const field_t *f, void *base)
+{
+    relay_upstream_def_t *d = base;
+    relay_config_strlist_t l = {0};
+    field_t lf = {.check = relay_upstreams_check_model};
+    int rc = f_list(x, n, &lf, &l);
+    if (!rc && l.n > RELAY_UPSTREAM_MAX_MODELS)
+        rc = fail(x, n, "at most %d model patterns", RELAY_UPSTREAM_MAX_MODELS);
+    for (size_t i = 0; !rc && i < l.n; i++)
+        relay_strlcpy(d->models[i], l.items[i], sizeof d->models[i]);
+    d->n_models = rc ? 0 : (int)l.n;
+    strlist_clear(&l);
+    return rc;
+}
+
+/* One secondary or pool entry; url and api_key are required. */
+static int parse_upstream(ctx_t *x, yaml_node_t *n, int priority, const char *default_name)
+{
+    if (x->n_ups >= CFG_MAX_UPSTREAMS)
+        return fail(x, n, "more than %d upstreams", CFG_MAX_UPSTREAMS);
+    if (!n || n->type != YAML_MAPPING_NODE)
+        return fail(x, n, "expected a mapping with name, url and api_key");
+    relay_upstream_def_t *d = &x->ups[x->n_ups];
+    memset(d, 0, sizeof *d);
+    d->weight = 1;
+    d->priority = priority;
+    d->max_retries = -1;
+    if (default_name)
+        relay_strlcpy(d->name, default_name, sizeof d->name);
+    int rc = walk(x, n, UPSTREAM_ENTRY, d);
+    if (!rc && !d->name[0])
+        rc = fail(x, n, "missing name");
+    if (!rc && !d->url[0])
+        rc = fail(x, n, "missing url");
+    if (!rc && !d->api_key[0])
+        rc = fail(x, n, "missing api_key (empty after ${VAR} expansion?)");
+    if (rc)
+        return rc;
+    x->ups_line[x->n_ups] = (int)node_line(n);
+    relay_strlcpy(x->ups_path[x->n_ups], x->path, sizeof x->ups_path[0]);
+    x->n_ups++;
+    return 0;
+}
+
+static int f_upstream_secondary(ctx_t *x, yaml_node_t *n, const field_t *f, void *base)
+{
+    return is_null(n) ? 0 : parse_upstream(x, n, 1, "secondary");
+}
+
+static int pool_item(ctx_t *x, yaml_node_t *v, size_t i, void *arg)
+{
+    return parse_upstream(x, v, 0, NULL);
+}
+
+static int f_upstream_pool(ctx_t *x, yaml_node_t *n, const field_t *f, void *base)
+{
+    if (is_null(n))
+        return 0;
+    if (n->type != YAML_SEQUENCE_NODE)
+        return fail(x, n, "expected a list of {name, url, api_key, ...}");
+    return each_item(x, n, pool_item, NULL);
+}
+
+/* The upstream section is strict: a mistyped key there would silently reroute traffic. */
+static int f_upstream(ctx_t *x, yaml_node_t *n, const field_t *f, void *base)
+{
+    x->strict = 1;
+    int rc = walk(x, n, UPSTREAM, base);
+    x->strict = 0;
+    return rc;
+}
+
+/* Names are unique across the primary, the secondary and the pool. */
+static int resolve_upstreams(ctx_t *x)
+{
+    relay_config_t *c = x->c;
+    for (size_t i = 0; i < x->n_ups; i++) {
+        if (strcmp(x->ups[i].name, c->upstream_name) == 0)
+            return fail_at(x, (unsigned long)x->ups_line[i], x->ups_path[i],
+                           "duplicate upstream name %s (upstream.primary%s)", x->ups[i].name,
+                           x->primary_name_line ? "" : ", by default");
+        for (size_t j = 0; j < i; j++)
+            if (strcmp(x->ups[i].name, x->ups[j].name) == 0)
+                return fail_at(x, (unsigned long)x->ups_line[i], x->ups_path[i],
+                               "duplicate upstream name %s (first at line %d)", x->ups[i].name,
+                               x->ups_line[j]);
+    }
+    c->relay.upstream_name = c->upstream_name;
+    if (!x->n_ups)
+        return 0;
+    relay_upstream_def_t *ups = own_copy(c, x->ups, x->n_ups, sizeof *ups);
+    if (!ups)
+        return nomem(x);
+    c->relay.upstreams = ups;
+    c->relay.n_upstreams = x->n_ups;
+    return 0;
+}
 
 /* ---- after the walk: settings that depend on each other ---- */
 
@@ -1608,10 +1784,9 @@ static int resolve_tiers(ctx_t *x)
             "no tier named %s (api_keys.default_tier); define it or set api_keys.default_tier",
             dname);
     }
-    relay_tier_def_t *tiers = calloc(x->n_tiers, sizeof *tiers);
-    if (own(c, tiers))
+    relay_tier_def_t *tiers = own_copy(c, x->tiers, x->n_tiers, sizeof *tiers);
+    if (!tiers)
         return nomem(x);
-    memcpy(tiers, x->tiers, x->n_tiers * sizeof *tiers);
     c->relay.tiers = tiers;
     c->relay.n_tiers = x->n_tiers;
     return 0;
@@ -1651,7 +1826,8 @@ static int resolve(ctx_t *x)
         c->relay.log_level = RELAY_LOG_DEBUG;
     }
     resolve_thresholds(x);
-    return resolve_tiers(x);
+    int rc = resolve_upstreams(x);
+    return rc ? rc : resolve_tiers(x);
 }
 
 /* ---- the YAML file ---- */
@@ -1726,6 +1902,7 @@ static int load_yaml(relay_config_t *c, const char *yaml_path, relay_error_t *er
     }
     if (!rc)
         rc = resolve(x);
+    explicit_bzero(x->ups, sizeof x->ups); /* upstream keys */
     free(x);
     return rc;
 }
@@ -1865,6 +2042,9 @@ void relay_config_free(relay_config_t *c)
                                        &c->cors_headers,    &c->warnings};
     for (size_t i = 0; i < sizeof lists / sizeof lists[0]; i++)
         strlist_clear(lists[i]);
+    if (c->relay.upstreams) /* they hold upstream keys */
+        explicit_bzero((void *)c->relay.upstreams,
+                       c->relay.n_upstreams * sizeof(relay_upstream_def_t));
     if (c->priv) {
         for (size_t i = 0; i < c->priv->n_owned; i++)
             free(c->priv->owned[i]);

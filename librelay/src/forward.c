@@ -17,6 +17,7 @@
 #include "internal.h"
 #include "relay/forward.h"
 #include "relay/tokens.h"
+#include "upstreams_internal.h"
 #include "util.h"
 
 #define MAX_RESP_HEADERS    64
@@ -171,9 +172,9 @@ int relay_forward_is_billable(const relay_http_request_t *req)
 }
 
 /* ---- URL and headers ---- */
-int relay_forward_url(relay_t *r, const char *path, const char *query, char *out, size_t cap)
+/* The URL for path and query under one upstream's base. */
+static int url_for(const char *base, const char *path, const char *query, char *out, size_t cap)
 {
-    const char *base = r->opts.upstream_url ? r->opts.upstream_url : "https://api.anthropic.com";
     size_t bl = strlen(base);
     while (bl && base[bl - 1] == '/')
         bl--;
@@ -184,6 +185,12 @@ int relay_forward_url(relay_t *r, const char *path, const char *query, char *out
     int n = snprintf(out, cap, "%.*s%s%s%s", (int)bl, base, path, query && *query ? "?" : "",
                      query ? query : "");
     return n < 0 || (size_t)n >= cap ? RELAY_ERR_TOO_LARGE : 0;
+}
+
+int relay_forward_url(relay_t *r, const char *path, const char *query, char *out, size_t cap)
+{
+    return url_for(r->opts.upstream_url ? r->opts.upstream_url : "https://api.anthropic.com", path,
+                   query, out, cap);
 }
 
 /* Headers that describe one connection, or that the relay itself sets, never cross it. */
@@ -244,8 +251,8 @@ static int listed_in(const char *list, const char *name)
     return 0;
 }
 
-static struct curl_slist *build_request_headers(relay_t *r, const relay_http_request_t *req,
-                                                int *err)
+static struct curl_slist *build_request_headers(const relay_http_request_t *req,
+                                                const char *api_key, int *err)
 {
     struct curl_slist *list = NULL, *tmp;
     relay_buf_t line;
@@ -267,7 +274,7 @@ static struct curl_slist *build_request_headers(relay_t *r, const relay_http_req
             list = tmp;
     }
     relay_buf_reset(&line);
-    if (!*err && relay_buf_printf(&line, "x-api-key: %s", r->opts.upstream_api_key) == 0) {
+    if (!*err && relay_buf_printf(&line, "x-api-key: %s", api_key) == 0) {
         if (!(tmp = curl_slist_append(list, relay_buf_str(&line))))
             *err = RELAY_ERR_NOMEM;
         else
@@ -319,6 +326,16 @@ typedef struct fwd {
     relay_buf_t spare;             /* the worker's side of the pending body (swapped, not copied) */
     int direct_fd, direct_chunked; /* the host's socket for direct writes (-1: none) */
     relay_loop_t *loop;            /* the I/O thread running the current attempt */
+    /* the pool */
+    relay_upstream_query_t q;
+    relay_upstream_lease_t lease; /* the current attempt's upstream */
+    int budget;                   /* retries this request may make */
+    double timeout_s;             /* the current upstream's whole-request timeout */
+    int64_t retry_at_ms;          /* when nothing could take it: the earliest cooldown end */
+    struct curl_slist *headers;   /* the current attempt's request headers (with its key) */
+    int64_t rl_remaining[4], rl_limit[4]; /* anthropic-ratelimit-{requests,tokens,...} */
+    char prev_upstream[64];               /* the failed attempt's upstream, for the log */
+    int prev_outcome;
 } fwd_t;
 
 enum { ABORT_NONE, ABORT_FIRST_BYTE, ABORT_IDLE, ABORT_TOTAL, ABORT_DRAIN, ABORT_SHUTDOWN };
@@ -386,6 +403,38 @@ static int parse_retry_after(const char *v, size_t vl)
     return n > 86400 ? 86400 : (int)n;
 }
 
+/* anthropic-ratelimit-<kind>-remaining / -limit, so a nearly exhausted key gets no new session. */
+static void keep_ratelimit(fwd_t *f, const char *n, size_t nl, const char *v, size_t vl)
+{
+    static const char *const kinds[] = {"requests-", "tokens-", "input-tokens-", "output-tokens-"};
+    for (int k = 0; k < 4; k++) {
+        size_t kl = strlen(kinds[k]);
+        if (nl <= kl || strncasecmp(n, kinds[k], kl) != 0)
+            continue;
+        int remaining = nl - kl == 9 && strncasecmp(n + kl, "remaining", 9) == 0;
+        int limit = nl - kl == 5 && strncasecmp(n + kl, "limit", 5) == 0;
+        char buf[24];
+        snprintf(buf, sizeof buf, "%.*s", (int)(vl < 23 ? vl : 23), v);
+        if (remaining)
+            f->rl_remaining[k] = strtoll(buf, NULL, 10);
+        else if (limit)
+            f->rl_limit[k] = strtoll(buf, NULL, 10);
+    }
+}
+
+/* The smallest remaining share of the limits the upstream reported; -1 when it reported none. */
+static double ratelimit_share(const fwd_t *f)
+{
+    double share = -1;
+    for (int k = 0; k < 4; k++)
+        if (f->rl_limit[k] > 0 && f->rl_remaining[k] >= 0) {
+            double s = (double)f->rl_remaining[k] / (double)f->rl_limit[k];
+            if (share < 0 || s < share)
+                share = s;
+        }
+    return share;
+}
+
 /* Remembers a response header; the values live in hdr_store, fixed up once headers are complete. */
 static void keep_header(fwd_t *f, const char *name, size_t nl, const char *value, size_t vl)
 {
@@ -399,6 +448,8 @@ static void keep_header(fwd_t *f, const char *name, size_t nl, const char *value
     }
     if (nl == 10 && strncasecmp(name, "connection", 10) == 0)
         snprintf(f->conn_tokens, sizeof f->conn_tokens, "%.*s", (int)vl, value);
+    if (nl > 20 && strncasecmp(name, "anthropic-ratelimit-", 20) == 0)
+        keep_ratelimit(f, name + 20, nl - 20, value, vl);
     char nm[128];
     snprintf(nm, sizeof nm, "%.*s", (int)(nl < 127 ? nl : 127), name);
     if (is_hop_or_framing_response_header(nm) || f->n_hdrs >= MAX_RESP_HEADERS)
@@ -424,10 +475,13 @@ static void headers_complete(fwd_t *f)
             f->hdrs[kept++] = h;
     }
     f->n_hdrs = kept;
-    f->discard = is_retryable_status(f->status) && !f->is_last_attempt;
-    if (f->discard && f->retry_after_s > 0 &&
-        (int64_t)f->retry_after_s * 1000 > (int64_t)f->r->opts.retry_max_ms)
-        f->discard = 0; /* longer than we would wait: the client decides */
+    int auth = f->status == 401 || f->status == 403;
+    f->discard = (is_retryable_status(f->status) || auth) && !f->is_last_attempt;
+    /* A broken key or a wait longer than we would sleep: worth it only for another upstream. */
+    int other_needed = auth || (f->retry_after_s > 0 && (int64_t)f->retry_after_s * 1000 >
+                                                            (int64_t)f->r->opts.retry_max_ms);
+    if (f->discard && other_needed && !relay_upstreams_has_other(f->r, &f->q, f->lease.u))
+        f->discard = 0; /* the client decides */
     if (f->discard)
         return;
     /* A JSON answer arrives whole in one go; holding it costs nothing and lets a cut one be
@@ -554,7 +608,7 @@ static int deadline_passed(fwd_t *f, int64_t now)
         f->abort_reason = ABORT_FIRST_BYTE;
     else if (f->t_last_rx && now - f->t_last_rx > (int64_t)(o->idle_timeout_s * 1000))
         f->abort_reason = ABORT_IDLE;
-    else if (!f->is_sse && now - f->t_attempt > (int64_t)(o->upstream_timeout_s * 1000))
+    else if (!f->is_sse && now - f->t_attempt > (int64_t)(f->timeout_s * 1000))
         f->abort_reason = ABORT_TOTAL;
     return f->abort_reason != ABORT_NONE;
 }
@@ -570,12 +624,9 @@ static int on_progress(void *ud, curl_off_t dlt, curl_off_t dln, curl_off_t ult,
     return deadline_passed(ud, relay_mono_ms());
 }
 
-static void setup_easy(fwd_t *f, CURL *h, const relay_http_request_t *req, const char *url,
-                       struct curl_slist *headers)
+static void setup_easy(fwd_t *f, CURL *h, const relay_http_request_t *req)
 {
     const relay_options_t *o = &f->r->opts;
-    curl_easy_setopt(h, CURLOPT_URL, url);
-    curl_easy_setopt(h, CURLOPT_HTTPHEADER, headers);
     curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L);
     curl_easy_setopt(h, CURLOPT_TCP_NODELAY, 1L);
     curl_easy_setopt(h, CURLOPT_TCP_KEEPALIVE, 1L);
@@ -788,7 +839,7 @@ static void pump(fwd_t *f)
 /* One attempt on the I/O thread. Returns the curl code. */
 static CURLcode run_attempt(fwd_t *f, CURL *h, int attempt)
 {
-    f->is_last_attempt = attempt >= f->r->opts.max_retries;
+    f->is_last_attempt = attempt >= f->budget;
     f->status = 0;
     f->headers_done = 0;
     f->discard = 0;
@@ -798,6 +849,8 @@ static CURLcode run_attempt(fwd_t *f, CURL *h, int attempt)
     f->t_attempt = relay_mono_ms();
     f->t_last_rx = 0;
     f->abort_reason = ABORT_NONE;
+    for (int k = 0; k < 4; k++)
+        f->rl_remaining[k] = f->rl_limit[k] = -1;
     relay_buf_reset(&f->err_body);
     relay_buf_reset(&f->hdr_store);
     f->res->attempts = attempt + 1;
@@ -814,28 +867,161 @@ static CURLcode run_attempt(fwd_t *f, CURL *h, int attempt)
 
 static void log_retry(fwd_t *f, int attempt, CURLcode cc, int wait)
 {
-    char fields[192];
-    snprintf(fields, sizeof fields, "{\"attempt\":%d,\"status\":%d,\"wait_ms\":%d}", attempt + 1,
-             f->status, wait);
+    char fields[256];
+    snprintf(fields, sizeof fields,
+             "{\"attempt\":%d,\"status\":%d,\"wait_ms\":%d,\"upstream\":\"%s\"}", attempt + 1,
+             f->status, wait, f->res->upstream);
     relay_log(f->r, RELAY_LOG_WARN, "upstream.retry", fields,
               "upstream attempt %d failed (%s); retrying", attempt + 1,
               cc != CURLE_OK ? curl_easy_strerror(cc) : "retryable status");
     relay_forward_count_retry(f->r);
 }
 
+static void log_failover(fwd_t *f, int attempt, const char *from, int outcome)
+{
+    char fields[256];
+    snprintf(fields, sizeof fields,
+             "{\"attempt\":%d,\"status\":%d,\"from\":\"%s\",\"to\":\"%s\",\"reason\":\"%s\"}",
+             attempt + 1, f->status, from, f->lease.def.name,
+             relay_upstreams_reason_label(outcome));
+    relay_log(f->r, RELAY_LOG_WARN, "upstream.failover", fields,
+              "upstream %s failed before the first byte; trying %s", from, f->lease.def.name);
+    relay_forward_count_retry(f->r);
+}
+
+/* How the attempt went, for the pool. */
+static relay_upstream_outcome_t outcome_of(const fwd_t *f, CURLcode cc)
+{
+    int s = f->status;
+    if (s == 429 || s == 529)
+        return RELAY_UPSTREAM_OVERLOADED;
+    if (s == 401 || s == 403)
+        return RELAY_UPSTREAM_AUTH;
+    if (s == 408 || s == 500 || s == 502 || s == 503 || s == 504)
+        return RELAY_UPSTREAM_SERVER;
+    if (cc == CURLE_OK || f->abort_reason == ABORT_DRAIN || gone(f))
+        return RELAY_UPSTREAM_OK;
+    if (!s)
+        return cc == CURLE_OPERATION_TIMEDOUT || f->abort_reason == ABORT_FIRST_BYTE
+                   ? RELAY_UPSTREAM_TIMEOUT
+                   : RELAY_UPSTREAM_CONNECT;
+    return RELAY_UPSTREAM_SERVER; /* cut after its head */
+}
+
+/* Points the handle at the lease's upstream: its URL, its key, its timeout. */
+static int aim(fwd_t *f, CURL *h, const relay_http_request_t *req)
+{
+    const relay_upstream_def_t *d = &f->lease.def;
+    char url[8192];
+    relay_strlcpy(f->res->upstream, d->name, sizeof f->res->upstream);
+    f->timeout_s = d->timeout_s > 0 ? d->timeout_s : f->r->opts.upstream_timeout_s;
+    if (url_for(d->url, req->path, req->query, url, sizeof url) != 0)
+        return RELAY_ERR_INVALID;
+    int herr;
+    struct curl_slist *hl = build_request_headers(req, d->api_key, &herr);
+    if (herr)
+        return herr;
+    curl_easy_setopt(h, CURLOPT_URL, url);
+    curl_easy_setopt(h, CURLOPT_HTTPHEADER, hl);
+    free_headers(f->headers);
+    f->headers = hl;
+    return 0;
+}
+
+/* When no upstream can take the request: 529 with retry-after at the earliest cooldown end. */
+static void write_no_upstream(fwd_t *f, int code)
+{
+    if (code != RELAY_ERR_OVERLOADED) {
+        write_relay_error(f, code,
+                          code == RELAY_ERR_UNAVAILABLE
+                              ? "no upstream API key is configured: set UPSTREAM_API_KEY (or "
+                                "upstream.primary.api_key)"
+                          : code == RELAY_ERR_INVALID ? "request URL too long"
+                                                      : relay_strerror(code));
+        return;
+    }
+    const char *msg = "no upstream can take the request now; retry later";
+    f->res->error_code = code;
+    relay_strlcpy(f->res->error_message, msg, sizeof f->res->error_message);
+    relay_strlcpy(f->res->error_type, relay_err_type(code), sizeof f->res->error_type);
+    f->res->status = relay_err_http_status(code);
+    f->head_sent = 1;
+    char *json = relay_error_json(code, msg);
+    char ra[24];
+    int64_t wait_s = f->retry_at_ms ? (f->retry_at_ms - relay_now_ms() + 999) / 1000 : 0;
+    snprintf(ra, sizeof ra, "%lld", (long long)(wait_s > 0 ? wait_s : 1));
+    relay_http_header_t h[] = {{"content-type", "application/json"}, {"retry-after", ra}};
+    if (!json || gone(f) ||
+        relay_sink_write_whole(f->sink, f->res->status, h, f->retry_at_ms ? 2 : 1, json,
+                               strlen(json)))
+        client_left(f);
+    free(json);
+}
+
+/* Takes the first upstream, or the next one after a failed attempt: another one at once when the
+ * pool has one, else (after the backoff) the same again. 0, or the relay_err for
+ * write_no_upstream. *slept: the backoff ran. */
+static int next_upstream(fwd_t *f, CURL *h, const relay_http_request_t *req, int attempt,
+                         CURLcode cc, int *slept)
+{
+    *slept = 0;
+    int rc = relay_upstreams_take(f->r, &f->q, 0, &f->lease, &f->retry_at_ms);
+    if (attempt > 0 && rc == RELAY_ERR_OVERLOADED) {
+        int wait = backoff_ms(f->r, attempt - 1, f->discard ? f->retry_after_s : -1);
+        log_retry(f, attempt - 1, cc, wait);
+        for (; wait > 0 && !shutting_down(f->r); wait -= 100) /* a shutdown cuts it short */
+            sleep_ms(wait < 100 ? wait : 100);
+        *slept = 1;
+        rc = relay_upstreams_take(f->r, &f->q, 0, &f->lease, &f->retry_at_ms);
+        if (rc == RELAY_ERR_OVERLOADED)
+            rc = relay_upstreams_take(f->r, &f->q, 1, &f->lease, &f->retry_at_ms);
+    }
+    if (!rc && attempt == 0)
+        f->budget =
+            f->lease.def.max_retries >= 0 ? f->lease.def.max_retries : f->r->opts.max_retries;
+    if (!rc && (rc = aim(f, h, req)) != 0)
+        relay_upstreams_release(f->r, &f->lease);
+    return rc;
+}
+
+/* Gives the attempt's upstream back with its outcome. */
+static void settle_attempt(fwd_t *f, CURLcode cc, int retry)
+{
+    relay_upstream_outcome_t oc = outcome_of(f, cc);
+    relay_upstream_report_t rep = {
+        .outcome = oc,
+        .status = f->status,
+        .retry_after_s = f->retry_after_s,
+        .rl_remaining = ratelimit_share(f),
+        .error = cc != CURLE_OK && !f->status ? curl_easy_strerror(cc) : NULL,
+        .failover =
+            retry && oc != RELAY_UPSTREAM_OK && relay_upstreams_has_other(f->r, &f->q, f->lease.u),
+    };
+    relay_strlcpy(f->prev_upstream, f->lease.def.name, sizeof f->prev_upstream);
+    f->prev_outcome = oc;
+    relay_upstreams_done(f->r, &f->q, &f->lease, &rep);
+}
+
 static int perform(fwd_t *f, CURL *h, const relay_http_request_t *req)
 {
     CURLcode cc = CURLE_OK;
     for (int attempt = 0;; attempt++) {
+        int slept;
+        int rc = next_upstream(f, h, req, attempt, cc, &slept);
+        if (rc) {
+            write_no_upstream(f, rc);
+            return f->res->error_code;
+        }
+        if (attempt > 0 && !slept)
+            log_failover(f, attempt - 1, f->prev_upstream, f->prev_outcome);
         cc = run_attempt(f, h, attempt);
         int failed_before_client =
             !f->head_sent && !f->got_2xx_body && (cc != CURLE_OK || f->discard);
-        if (!failed_before_client || attempt >= f->r->opts.max_retries || shutting_down(f->r))
+        /* A shutdown ends retrying: the answer is the shutdown's 503. */
+        int retry = failed_before_client && attempt < f->budget && !shutting_down(f->r);
+        settle_attempt(f, cc, retry);
+        if (!retry)
             break;
-        int wait = backoff_ms(f->r, attempt, f->discard ? f->retry_after_s : -1);
-        log_retry(f, attempt, cc, wait);
-        for (; wait > 0 && !shutting_down(f->r); wait -= 100) /* a shutdown cuts it short */
-            sleep_ms(wait < 100 ? wait : 100);
     }
     if (f->hold) {
         /* A held JSON answer: sent now if it is whole; a cut one becomes an error, as nothing of
@@ -883,28 +1069,27 @@ static int perform(fwd_t *f, CURL *h, const relay_http_request_t *req)
 int relay_forward(relay_t *r, const relay_http_request_t *req, const relay_sink_t *sink,
                   relay_forward_result_t *res)
 {
+    char session[128];
+    relay_upstreams_session_of(req, NULL, session, sizeof session);
+    relay_forward_options_t fo = {.session_id = session};
+    return relay_forward_ex(r, req, &fo, sink, res);
+}
+
+int relay_forward_ex(relay_t *r, const relay_http_request_t *req, const relay_forward_options_t *fo,
+                     const relay_sink_t *sink, relay_forward_result_t *res)
+{
     memset(res, 0, sizeof *res);
     fwd_t f = {.r = r, .sink = sink, .res = res};
     f.t_start = relay_mono_ms();
+    f.q.model = fo ? fo->model : NULL;
+    f.q.session = fo ? fo->session_id : NULL;
+    f.q.group = fo ? fo->upstream_group : NULL;
     res->request_bytes = (int64_t)req->body_len;
     if (shutting_down(r)) {
         write_relay_error(&f, RELAY_ERR_UNAVAILABLE, "the relay is shutting down; retry shortly");
         return res->error_code;
     }
-    if (!r->opts.upstream_api_key || !*r->opts.upstream_api_key) {
-        write_relay_error(&f, RELAY_ERR_UNAVAILABLE,
-                          "no upstream API key is configured: set UPSTREAM_API_KEY (or "
-                          "upstream.primary.api_key)");
-        return res->error_code;
-    }
-    char url[8192];
-    if (relay_forward_url(r, req->path, req->query, url, sizeof url) != 0) {
-        write_relay_error(&f, RELAY_ERR_INVALID, "request URL too long");
-        return res->error_code;
-    }
-    int herr;
-    struct curl_slist *headers = build_request_headers(r, req, &herr);
-    CURL *h = herr ? NULL : easy_get(r->forward);
+    CURL *h = easy_get(r->forward);
     relay_buf_init(&f.hdr_store, 64 * 1024);
     relay_buf_init(&f.err_body, ERR_BODY_CAP);
     relay_buf_init(&f.json, JSON_BODY_CAP);
@@ -921,13 +1106,13 @@ int relay_forward(relay_t *r, const relay_http_request_t *req, const relay_sink_
         if (h)
             easy_put(r->forward, h);
     } else {
-        setup_easy(&f, h, req, url, headers);
+        setup_easy(&f, h, req);
         rc = perform(&f, h, req);
         /* The easy handle keeps a pointer to the headers list: drop it before the list goes. */
         curl_easy_setopt(h, CURLOPT_HTTPHEADER, NULL);
         easy_put(r->forward, h);
     }
-    free_headers(headers);
+    free_headers(f.headers);
     res->stream = f.is_sse;
     res->duration_ms = relay_mono_ms() - f.t_start;
     complete_usage(&f, req);

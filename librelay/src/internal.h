@@ -22,12 +22,14 @@ struct relay_maintenance;
 struct relay_tokenizer;
 struct relay_pricing;
 struct relay_budgets;
+struct relay_upstreams;
 
 struct relay {
     relay_options_t opts; /* strings point into owned copies below */
     char *own_strings[16];
     relay_tier_def_t *own_tiers;
     relay_price_t *own_prices;
+    relay_upstream_def_t *own_upstreams;
 
     relay_store_t *store;
     struct relay_tiers_state *tiers;
@@ -38,6 +40,7 @@ struct relay {
     struct relay_limits_state *limits;
     struct relay_usage_state *usage;
     struct relay_forward_state *forward;
+    struct relay_upstreams *upstreams;
     struct relay_metrics *metrics;
     struct relay_tokenizer *tokenizer;
     struct relay_maintenance *maintenance;

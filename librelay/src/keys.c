@@ -18,6 +18,7 @@
 #include "relay/auth.h"
 #include "relay/budgets.h"
 #include "relay/tiers.h"
+#include "relay/upstreams.h"
 #include "keys_internal.h"
 #include "maintenance_internal.h"
 #include "util.h"
@@ -540,6 +541,16 @@ void relay_key_params_init(relay_key_params_t *p)
     p->token_limit = -1;
 }
 
+/* upstream_group: a group name (relay_upstreams_check_name), or NULL / "" for none. */
+static int set_group(char *dst, size_t cap, const char *g, relay_error_t *err)
+{
+    const char *bad = g && *g ? relay_upstreams_check_name(g) : NULL;
+    if (bad)
+        return relay_error_set(err, RELAY_ERR_INVALID, "upstream_group: %s", bad);
+    relay_strlcpy(dst, g ? g : "", cap);
+    return 0;
+}
+
 static int fill_new_record(relay_t *r, const relay_key_params_t *p, relay_key_record_t *rec,
                            relay_error_t *err)
 {
@@ -561,7 +572,8 @@ static int fill_new_record(relay_t *r, const relay_key_params_t *p, relay_key_re
         (rc = set_json(&rec->allowed_origins, "allowed_origins", p->allowed_origins, err)) ||
         (rc = set_json(&rec->allowed_models, "allowed_models", p->allowed_models, err)) ||
         (rc = set_json(&rec->metadata, "metadata", p->metadata, err)) ||
-        (rc = set_cost_limits(&rec->cost_limits, p->cost_limits, err)))
+        (rc = set_cost_limits(&rec->cost_limits, p->cost_limits, err)) ||
+        (rc = set_group(rec->upstream_group, sizeof rec->upstream_group, p->upstream_group, err)))
         return rc;
     rec->token_limit = p->token_limit < 0 ? r->opts.default_token_limit : p->token_limit;
     relay_strlcpy(rec->rate_limit_tier, tier, sizeof rec->rate_limit_tier);
@@ -709,6 +721,9 @@ static int apply_update(relay_t *r, relay_key_record_t *rec, const relay_key_upd
         rec->is_active = u->is_active ? 1 : 0;
     if ((u->set & RELAY_KEY_SET_COST_LIMITS) &&
         (rc = set_cost_limits(&rec->cost_limits, u->cost_limits, err)))
+        return rc;
+    if ((u->set & RELAY_KEY_SET_UPSTREAM_GROUP) &&
+        (rc = set_group(rec->upstream_group, sizeof rec->upstream_group, u->upstream_group, err)))
         return rc;
     return 0;
 }
@@ -1234,6 +1249,8 @@ char *relay_keys_to_json(const relay_key_record_t *rec, int64_t now)
     json_object_set_new(o, "allowed_models", text_json(rec->allowed_models));
     json_object_set_new(o, "metadata", text_json(rec->metadata));
     add_cost_limits(o, rec->cost_limits);
+    json_object_set_new(o, "upstream_group",
+                        rec->upstream_group[0] ? json_string(rec->upstream_group) : json_null());
     /* 15 significant digits print 12.34 as 12.34, not 12.339999999999999. */
     char *s = json_dumps(o, JSON_COMPACT | JSON_REAL_PRECISION(15));
     json_decref(o);

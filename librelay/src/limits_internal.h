@@ -80,6 +80,11 @@ int limits_redis_is_up(relay_limits_redis_t *rd);
 int limits_redis_admit(relay_limits_redis_t *rd, const limits_take_t *t, limits_verdict_t *v);
 /* Applies op now, or queues it for when Redis is back. */
 void limits_redis_settle(relay_limits_redis_t *rd, const limits_settle_op_t *op);
+/* GET key into out: 0 found, 1 absent (or longer than cap), -1 Redis did not answer. */
+int limits_redis_get(relay_limits_redis_t *rd, const char *key, char *out, size_t cap);
+/* SET key value PX ttl_ms: 0, or -1 when Redis did not answer. */
+int limits_redis_set_ex(relay_limits_redis_t *rd, const char *key, const char *value,
+                        int64_t ttl_ms);
 /* Reads used/reserved and the request window without taking anything. */
 int limits_redis_peek(relay_limits_redis_t *rd, const limits_take_t *t, limits_verdict_t *v);
 void limits_redis_stats(relay_limits_redis_t *rd, uint64_t *errors, uint64_t *lost);

@@ -523,6 +523,45 @@ int limits_redis_peek(relay_limits_redis_t *rd, const limits_take_t *t, limits_v
     return call_admit(rd, t, 0, v);
 }
 
+/* Plain GET and SET for other modules' shared state (the upstream pool's sessions). */
+int limits_redis_get(relay_limits_redis_t *rd, const char *key, char *out, size_t cap)
+{
+    redisContext *c = conn_for_call(rd);
+    if (!c)
+        return -1;
+    const char *argv[] = {"GET", key};
+    redisReply *rep = redisCommandArgv(c, 2, argv, NULL);
+    if (!rep || (rep->type != REDIS_REPLY_STRING && rep->type != REDIS_REPLY_NIL)) {
+        call_failed(rd, c, rep);
+        return -1;
+    }
+    int found = rep->type == REDIS_REPLY_STRING && rep->len < cap;
+    if (found)
+        relay_strlcpy(out, rep->str, cap);
+    freeReplyObject(rep);
+    conn_put(rd, c);
+    return found ? 0 : 1;
+}
+
+int limits_redis_set_ex(relay_limits_redis_t *rd, const char *key, const char *value,
+                        int64_t ttl_ms)
+{
+    redisContext *c = conn_for_call(rd);
+    if (!c)
+        return -1;
+    char ttl[24];
+    snprintf(ttl, sizeof ttl, "%" PRId64, ttl_ms > 0 ? ttl_ms : 1);
+    const char *argv[] = {"SET", key, value, "PX", ttl};
+    redisReply *rep = redisCommandArgv(c, 5, argv, NULL);
+    if (!rep || rep->type == REDIS_REPLY_ERROR) {
+        call_failed(rd, c, rep);
+        return -1;
+    }
+    freeReplyObject(rep);
+    conn_put(rd, c);
+    return 0;
+}
+
 /* One settle against Redis. 0, or -1 when it did not reach Redis. */
 static int call_settle(relay_limits_redis_t *rd, const limits_settle_op_t *op)
 {

@@ -15,6 +15,7 @@
 #include "relay/maintenance.h"
 #include "relay/store.h"
 #include "relay/tiers.h"
+#include "upstreams_internal.h"
 #include "util.h"
 
 #define TICK_MS         1000
@@ -377,6 +378,7 @@ static void *maintenance_main(void *arg)
             if (reload) {
                 if (relay_tiers_reload(r) == 0)
                     __atomic_add_fetch(&m->stats.tier_reloads, 1, __ATOMIC_RELAXED);
+                relay_upstreams_sync(r, NULL); /* another instance may have changed them */
                 next_reload = relay_mono_ms() + TIER_RELOAD_MS;
             } else {
                 relay_maintenance_prune(r, NULL);

@@ -18,6 +18,7 @@
 #include "relay/limits.h"
 #include "relay/metrics.h"
 #include "relay/usage.h"
+#include "upstreams_internal.h"
 #include "util.h"
 
 #define DEFAULT_MAX_SERIES 1000
@@ -59,6 +60,7 @@ typedef struct relay_families {
     relay_metric_t *written, *unknown_model, *budget_ratio, *cache_hits, *bcrypt, *redis_up,
         *build_info;
     relay_metric_t *key_verify, *key_waiting, *key_timeouts, *cost, *redis_configured;
+    relay_metric_t *up_requests, *up_up, *up_in_flight, *up_failovers, *up_cooldowns;
 } relay_families_t;
 
 struct relay_metrics {
@@ -568,6 +570,19 @@ static const fam_def_t FAMILIES[] = {
         RELAY_METRIC_GAUGE, NULL, 0, -1, 0, NULL, 0),
     FAM(redis_up, "relay_redis_up", "1 when the shared Redis limiter is reachable.",
         RELAY_METRIC_GAUGE, NULL, 0, -1, 0, NULL, 0),
+    FAM(up_requests, "relay_upstream_requests_total",
+        "Upstream attempts by upstream and answer status (connect_error, timeout: none).",
+        RELAY_METRIC_COUNTER, L("upstream", "status"), 2, -1, 0, NULL, 0),
+    FAM(up_up, "relay_upstream_up", "1 when the upstream is healthy and may take requests.",
+        RELAY_METRIC_GAUGE, L("upstream"), 1, -1, 0, NULL, 0),
+    FAM(up_in_flight, "relay_upstream_in_flight", "Requests in flight to the upstream now.",
+        RELAY_METRIC_GAUGE, L("upstream"), 1, -1, 0, NULL, 0),
+    FAM(up_failovers, "relay_upstream_failovers_total",
+        "Requests moved from an upstream to another before their first byte, by reason.",
+        RELAY_METRIC_COUNTER, L("from", "reason"), 2, -1, 0, NULL, 0),
+    FAM(up_cooldowns, "relay_upstream_cooldowns_total",
+        "Times the upstream was cooled down (429, 529, no connection, no first byte).",
+        RELAY_METRIC_COUNTER, L("upstream"), 1, -1, 0, NULL, 0),
     FAM(build_info, "relay_build_info", "The relay's version (value 1).", RELAY_METRIC_GAUGE,
         L("version"), 1, -1, 0, NULL, 0),
 };
@@ -742,6 +757,29 @@ void relay_metrics_observe_request(relay_t *r, const relay_http_request_t *req,
         relay_metrics_add(fam->unknown_model, L(m), 1);
 }
 
+/* The pool's counters (upstreams.c keeps them under its own lock). */
+static void refresh_upstreams(relay_t *r, relay_families_t *fam)
+{
+    relay_upstream_counts_t *c;
+    size_t n;
+    if (relay_upstreams_counts(r, &c, &n) != 0)
+        return;
+    for (size_t i = 0; i < n; i++) {
+        const char *name = c[i].name;
+        relay_metrics_set(fam->up_up, L(name), c[i].up);
+        relay_metrics_set(fam->up_in_flight, L(name), c[i].in_flight);
+        relay_metrics_set(fam->up_cooldowns, L(name), (double)c[i].cooldowns);
+        for (int k = 0; k < c[i].n_status; k++)
+            relay_metrics_set(fam->up_requests, L(name, c[i].by_status[k].status),
+                              (double)c[i].by_status[k].n);
+        for (int k = 1; k < 6; k++)
+            if (c[i].failovers[k])
+                relay_metrics_set(fam->up_failovers, L(name, relay_upstreams_reason_label(k)),
+                                  (double)c[i].failovers[k]);
+    }
+    free(c);
+}
+
 /* Counters other modules keep, copied into the registry just before rendering. */
 static void refresh(relay_t *r)
 {
@@ -775,6 +813,7 @@ static void refresh(relay_t *r)
     relay_metrics_set(fam->bcrypt, NULL, (double)ks.bcrypt_calls);
     relay_metrics_set(fam->key_waiting, NULL, (double)ks.verify_waiting);
     relay_metrics_set(fam->key_timeouts, NULL, (double)ks.verify_timeouts);
+    refresh_upstreams(r, fam);
 }
 
 void relay_metrics_observe_key_verify(relay_t *r, const char *result, double seconds)

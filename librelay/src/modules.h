@@ -10,6 +10,7 @@
 #include "budgets_internal.h"
 #include "metrics_internal.h"
 #include "pricing_internal.h"
+#include "upstreams_internal.h"
 #include "usage_internal.h"
 
 /* tiers.c, keys.c, auth.c (the others come from their *_internal.h). */

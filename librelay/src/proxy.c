@@ -12,6 +12,7 @@
 #include "relay/proxy.h"
 #include "relay/tokens.h"
 #include "relay/usage.h"
+#include "upstreams_internal.h"
 #include "util.h"
 
 const char *relay_proxy_request_key(const relay_http_request_t *req, char *buf, size_t cap)
@@ -100,6 +101,7 @@ static void fill_row(relay_usage_row_t *row, const relay_http_request_t *req,
     row->stream = f->stream;
     row->estimated = f->estimated;
     row->attempts = f->attempts;
+    relay_strlcpy(row->upstream, f->upstream, sizeof row->upstream);
     row->is_error = res->status >= 400 || res->refused || f->error_code || f->cut || u->saw_error;
     const char *etype = res->refused ? relay_err_type(res->refused) : f->error_type;
     relay_strlcpy(row->error_code, etype, sizeof row->error_code);
@@ -187,7 +189,12 @@ int relay_proxy(relay_t *r, const relay_http_request_t *req, const relay_sink_t 
         goto log_refusal;
     }
     relay_metrics_forward_begin(r, info.stream);
-    rc = relay_forward(r, req, sink, &res->fwd);
+    char session[128];
+    relay_upstreams_session_of(req, info.user_id, session, sizeof session);
+    relay_forward_options_t fo = {.model = info.model[0] ? info.model : NULL,
+                                  .session_id = session,
+                                  .upstream_group = key.upstream_group};
+    rc = relay_forward_ex(r, req, &fo, sink, &res->fwd);
     res->status = res->fwd.status;
     relay_proxy_settle(r, req, &key, &adm, res);
     relay_metrics_observe_request(r, req, &key, res, 1, info.stream, info.model);

@@ -116,6 +116,8 @@ void relay_options_init(relay_options_t *o)
     o->retry_max_ms = 30000;
     o->max_body_bytes = 32u * 1024 * 1024;
     o->drain_timeout_ms = 30000;
+    o->session_ttl_s = 3600;
+    o->session_max = 100000;
     o->data_dir = "./data";
     o->db_pool_size = 0;
     o->auto_migrate = -1;
@@ -159,11 +161,11 @@ static int copy_options(relay_t *r, const relay_options_t *in)
 {
     r->opts = *in;
     const char **fields[] = {
-        &r->opts.upstream_url,   &r->opts.upstream_api_key, &r->opts.database_url,
-        &r->opts.data_dir,       &r->opts.redis_url,        &r->opts.key_prefix,
-        &r->opts.default_tier,   &r->opts.admin_username,   &r->opts.admin_password,
-        &r->opts.secret_key,     &r->opts.tokenizer_file,   &r->opts.price_default,
-        &r->opts.budget_timezone};
+        &r->opts.upstream_url,    &r->opts.upstream_api_key, &r->opts.database_url,
+        &r->opts.data_dir,        &r->opts.redis_url,        &r->opts.key_prefix,
+        &r->opts.default_tier,    &r->opts.admin_username,   &r->opts.admin_password,
+        &r->opts.secret_key,      &r->opts.tokenizer_file,   &r->opts.price_default,
+        &r->opts.budget_timezone, &r->opts.upstream_name};
     _Static_assert(sizeof fields / sizeof fields[0] <=
                        sizeof r->own_strings / sizeof r->own_strings[0],
                    "own_strings too small");
@@ -189,6 +191,13 @@ static int copy_options(relay_t *r, const relay_options_t *in)
             return RELAY_ERR_NOMEM;
         memcpy(r->own_prices, in->prices, in->n_prices * sizeof *in->prices);
         r->opts.prices = r->own_prices;
+    }
+    if (in->upstreams && in->n_upstreams) {
+        r->own_upstreams = calloc(in->n_upstreams, sizeof *in->upstreams);
+        if (!r->own_upstreams)
+            return RELAY_ERR_NOMEM;
+        memcpy(r->own_upstreams, in->upstreams, in->n_upstreams * sizeof *in->upstreams);
+        r->opts.upstreams = r->own_upstreams;
     }
     return 0;
 }
@@ -240,6 +249,7 @@ static const module_hooks_t MODULES[] = {
     {"pricing", relay_pricing_start, relay_pricing_stop},
     {"budgets", relay_budgets_start, relay_budgets_stop},
     {"limits", relay_limits_start, relay_limits_stop},
+    {"upstreams", relay_upstreams_start, relay_upstreams_stop},
     {"auth", relay_auth_start, relay_auth_stop},
     {"forward", relay_forward_start, relay_forward_stop},
     {"usage", relay_usage_start, relay_usage_stop},
@@ -291,6 +301,9 @@ void relay_free(relay_t *r)
         free(r->own_strings[i]);
     free(r->own_tiers);
     free(r->own_prices);
+    if (r->own_upstreams) /* they hold upstream keys */
+        explicit_bzero(r->own_upstreams, r->opts.n_upstreams * sizeof *r->own_upstreams);
+    free(r->own_upstreams);
     pthread_mutex_destroy(&r->db_mu);
     free(r);
 }

@@ -134,7 +134,7 @@ int relay_stats_summary(relay_t *r, const char *key_id, int64_t start, int64_t e
 /* Rows of a GROUP BY (name, count, tokens, cost) appended to a JSON array. */
 typedef struct group_ctx {
     json_t *arr;
-    int kind; /* 0 model_usage, 1 error_breakdown */
+    int kind; /* 0 model_usage, 1 error_breakdown, 2 upstream_usage */
 } group_ctx_t;
 
 static int group_row(void *ud, const relay_sql_row_t *row)
@@ -143,9 +143,10 @@ static int group_row(void *ud, const relay_sql_row_t *row)
     group_ctx_t *g = c->ud;
     const char *name = c->d->col_text(row, 0);
     json_t *o;
-    if (g->kind == 0)
-        o = json_pack("{s:s?, s:I, s:I, s:f}", "model", name && *name ? name : NULL,
-                      "request_count", (json_int_t)c->d->col_int(row, 1), "total_tokens",
+    if (g->kind != 1)
+        o = json_pack("{s:s?, s:I, s:I, s:f}", g->kind ? "upstream" : "model",
+                      name && *name ? name : NULL, "request_count",
+                      (json_int_t)c->d->col_int(row, 1), "total_tokens",
                       (json_int_t)c->d->col_int(row, 2), "total_cost", c->d->col_real(row, 3));
     else
         o = json_pack("{s:s, s:I}", "error_code", name ? name : "unknown", "count",
@@ -164,13 +165,14 @@ static int groups(relay_t *r, const char *key_id, int64_t start, int64_t end, in
     relay_buf_t sql;
     relay_buf_init(&sql, 2048);
     int rc = where_init(&w, key_id, start, end);
-    if (!rc && kind == 0)
-        rc = relay_buf_printf(
-            &sql,
-            "SELECT COALESCE(model, ''), count(*), COALESCE(SUM(total_tokens), 0), "
-            "COALESCE(SUM(total_cost), 0) FROM usage_logs WHERE %s "
-            "GROUP BY COALESCE(model, '') ORDER BY 2 DESC, 1 LIMIT %d",
-            relay_buf_str(&w.text), MAX_GROUPS);
+    /* the column comes from this fixed choice, never from the request */
+    const char *col = kind == 2 ? "upstream" : "model";
+    if (!rc && kind != 1)
+        rc = relay_buf_printf(&sql,
+                              "SELECT COALESCE(%s, ''), count(*), COALESCE(SUM(total_tokens), 0), "
+                              "COALESCE(SUM(total_cost), 0) FROM usage_logs WHERE %s "
+                              "GROUP BY COALESCE(%s, '') ORDER BY 2 DESC, 1 LIMIT %d",
+                              col, relay_buf_str(&w.text), col, MAX_GROUPS);
     else if (!rc)
         rc = relay_buf_printf(
             &sql,
@@ -317,13 +319,15 @@ static int view_summary(req_ctx_t *c, const char *key_id)
     if (range_params(c, &start, &end))
         return 0;
     relay_usage_summary_t s;
-    json_t *models = json_array(), *errors = json_array();
+    json_t *models = json_array(), *errors = json_array(), *ups = json_array();
     int rc = relay_stats_summary(c->r, key_id, start, end, &s);
     rc = rc ? rc : groups(c->r, key_id, start, end, 0, models);
     rc = rc ? rc : groups(c->r, key_id, start, end, 1, errors);
+    rc = rc ? rc : groups(c->r, key_id, start, end, 2, ups);
     if (rc) {
         json_decref(models);
         json_decref(errors);
+        json_decref(ups);
         return fail(c, rc, NULL);
     }
     double rate =
@@ -338,6 +342,10 @@ static int view_summary(req_ctx_t *c, const char *key_id)
         round2(s.avg_response_time_ms), "error_count", (json_int_t)s.error_count, "error_rate",
         rate, "model_usage", models, "error_breakdown", errors, "start_date", iso_or_null(start),
         "end_date", iso_or_null(end));
+    if (o)
+        json_object_set_new(o, "upstream_usage", ups);
+    else
+        json_decref(ups);
     reply(c, 200, o);
     return 0;
 }
@@ -408,6 +416,8 @@ static json_t *log_object(const relay_usage_row_t *u)
         (json_int_t)u->cache_read_tokens, "total_cost", u->total_cost, "stream", u->stream,
         "estimated", u->estimated, "time_to_first_byte_ms", (json_int_t)u->time_to_first_byte_ms,
         "attempts", u->attempts);
+    if (more)
+        json_object_set_new(more, "upstream", text_or_null(u->upstream));
     if (!o || !more || json_object_update(o, more) != 0) {
         json_decref(o);
         o = NULL;
@@ -750,19 +760,24 @@ static int admin_overview(req_ctx_t *c)
                          "error_count, token_used, name, created_at or last_used_at");
     if (strcmp(order, "asc") && strcmp(order, "desc"))
         return bad_param(c, "order", "expected asc or desc");
-    json_t *items = json_array(), *totals = NULL;
+    json_t *items = json_array(), *totals = NULL, *ups = json_array();
+    int64_t start, end;
+    range_params(c, &start, &end); /* already checked by day_range */
     int rc = overview_items(c->r, from, to, expr, !strcmp(order, "desc"), skip, limit, items);
     rc = rc ? rc : overview_totals(c->r, from, to, &totals);
+    rc = rc ? rc : groups(c->r, NULL, start, end, 2, ups);
     if (rc || !totals) {
         json_decref(items);
         json_decref(totals);
+        json_decref(ups);
         return fail(c, rc ? rc : RELAY_ERR_NOMEM, NULL);
     }
+
     json_t *total = json_object_get(totals, "total_keys");
     reply(c, 200,
-          json_pack("{s:o, s:O, s:I, s:I, s:s, s:s, s:o}", "items", items, "total", total, "skip",
-                    (json_int_t)skip, "limit", (json_int_t)limit, "sort", sort, "order", order,
-                    "totals", totals));
+          json_pack("{s:o, s:O, s:I, s:I, s:s, s:s, s:o, s:o}", "items", items, "total", total,
+                    "skip", (json_int_t)skip, "limit", (json_int_t)limit, "sort", sort, "order",
+                    order, "totals", totals, "upstream_usage", ups));
     return 0;
 }
 

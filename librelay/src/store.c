@@ -544,7 +544,7 @@ void relay_key_records_free(relay_key_record_t *recs, size_t n)
     "id, name, description, key_prefix, key_hash, token_limit, token_used, request_count, "        \
     "error_count, rate_limit_tier, is_active, is_deleted, allowed_ips, allowed_origins, "          \
     "allowed_models, metadata, expires_at, created_at, updated_at, last_used_at, deleted_at, "     \
-    "cost_limits"
+    "cost_limits, upstream_group"
 
 static int dup_col(const relay_store_driver_t *d, const relay_sql_row_t *row, int col, char **out)
 {
@@ -572,6 +572,7 @@ static int read_key(const relay_store_driver_t *d, const relay_sql_row_t *row,
     k->updated_at = d->col_int(row, 18);
     k->last_used_at = d->col_int(row, 19);
     k->deleted_at = d->col_int(row, 20);
+    copy_text(k->upstream_group, sizeof k->upstream_group, d->col_text(row, 22));
     int rc = dup_col(d, row, 1, &k->name);
     rc = rc ? rc : dup_col(d, row, 2, &k->description);
     rc = rc ? rc : dup_col(d, row, 12, &k->allowed_ips);
@@ -670,11 +671,13 @@ static int op_key_insert(relay_store_t *s, relay_store_conn_t *c, void *arg, rel
         V_TS(k->last_used_at),
         V_TS(k->deleted_at),
         V_TEXT(k->cost_limits),
+        V_OPT(k->upstream_group),
     };
     return s->drv->exec(c,
                         "INSERT INTO api_keys (" KEY_COLS ") VALUES ($1, $2, $3, $4, $5, $6, $7, "
-                        "$8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22)",
-                        p, 22, NULL, NULL, NULL, err);
+                        "$8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, "
+                        "$23)",
+                        p, 23, NULL, NULL, NULL, err);
 }
 
 /* The checks both backends would make differently (or not at all), made once here. */
@@ -717,6 +720,7 @@ static int op_key_update(relay_store_t *s, relay_store_conn_t *c, void *arg, rel
         V_INT(k->updated_at ? k->updated_at : w->now),
         V_TS(k->deleted_at),
         V_TEXT(k->cost_limits),
+        V_OPT(k->upstream_group),
     };
     int64_t changed = 0;
     int rc =
@@ -725,8 +729,8 @@ static int op_key_update(relay_store_t *s, relay_store_conn_t *c, void *arg, rel
                      "key_hash = $5, token_limit = $6, rate_limit_tier = $7, is_active = $8, "
                      "is_deleted = $9, allowed_ips = $10, allowed_origins = $11, "
                      "allowed_models = $12, metadata = $13, expires_at = $14, updated_at = $15, "
-                     "deleted_at = $16, cost_limits = $17 WHERE id = $1",
-                     p, 17, NULL, NULL, &changed, err);
+                     "deleted_at = $16, cost_limits = $17, upstream_group = $18 WHERE id = $1",
+                     p, 18, NULL, NULL, &changed, err);
     return rc ? rc : changed ? 0 : RELAY_ERR_NOT_FOUND;
 }
 
@@ -923,7 +927,7 @@ static int usage_aggregate(usage_batch_t *b, int64_t now)
     "response_size, response_time_ms, time_to_first_byte_ms, prompt_tokens, completion_tokens, "   \
     "cache_creation_tokens, cache_creation_5m_tokens, cache_creation_1h_tokens, "                  \
     "cache_read_tokens, total_tokens, total_cost, model, is_error, stream, estimated, attempts, "  \
-    "error_message, error_code, client_ip, user_agent, created_at"
+    "error_message, error_code, client_ip, user_agent, created_at, upstream"
 
 static int insert_log(relay_store_t *s, relay_store_conn_t *c, const relay_usage_row_t *r,
                       const char *id, int64_t created, relay_error_t *err)
@@ -956,13 +960,14 @@ static int insert_log(relay_store_t *s, relay_store_conn_t *c, const relay_usage
         V_OPT(r->client_ip),
         V_OPT(r->user_agent),
         V_INT(created),
+        V_OPT(r->upstream),
         V_OPT(r->row_uid),
     };
     return s->drv->exec(c,
                         "INSERT INTO usage_logs (" USAGE_COLS ", row_uid) VALUES ($1, $2, $3, $4, "
                         "$5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, "
-                        "$20, $21, $22, $23, $24, $25, $26, $27, $28)",
-                        p, 28, NULL, NULL, NULL, err);
+                        "$20, $21, $22, $23, $24, $25, $26, $27, $28, $29)",
+                        p, 29, NULL, NULL, NULL, err);
 }
 
 static int update_key_counters(relay_store_t *s, relay_store_conn_t *c, key_delta_t *k,
@@ -1093,6 +1098,7 @@ static int usage_row(void *ud, const relay_sql_row_t *row)
     copy_text(r->client_ip, sizeof r->client_ip, d->col_text(row, 25));
     copy_text(r->user_agent, sizeof r->user_agent, d->col_text(row, 26));
     r->created_at = d->col_int(row, 27);
+    copy_text(r->upstream, sizeof r->upstream, d->col_text(row, 28));
     return 0;
 }
 
@@ -1392,6 +1398,175 @@ int relay_store_tier_delete(relay_store_t *s, const char *name)
     if (!s || !name)
         return RELAY_ERR_INVALID;
     return run(s, op_tier_delete, (void *)name, OP_WRITE, NULL);
+}
+
+/* ---------------------------------------------------------------- upstreams */
+
+#define UPSTREAM_COLS                                                                              \
+    "id, name, url, api_key_sealed, key_last4, weight, priority, models, max_concurrency, "        \
+    "timeout, max_retries, upstream_group, is_disabled, created_at, updated_at"
+
+typedef struct upstream_list {
+    vec_t v;
+    const relay_store_driver_t *drv;
+} upstream_list_t;
+
+/* models: a JSON array of patterns, read without jansson's help (the store does not link it
+ * into this file): the patterns' own characters never need escaping. */
+static void models_from_json(relay_upstream_def_t *d, const char *t)
+{
+    d->n_models = 0;
+    for (const char *p = t ? strchr(t, '"') : NULL; p && d->n_models < RELAY_UPSTREAM_MAX_MODELS;) {
+        const char *e = strchr(p + 1, '"');
+        if (!e)
+            break;
+        size_t n = (size_t)(e - p - 1);
+        if (n && n < sizeof d->models[0]) {
+            memcpy(d->models[d->n_models], p + 1, n);
+            d->models[d->n_models++][n] = '\0';
+        }
+        p = strchr(e + 1, '"');
+    }
+}
+
+static void models_to_json(const relay_upstream_def_t *d, char *out, size_t cap)
+{
+    size_t n = (size_t)snprintf(out, cap, "[");
+    for (int i = 0; i < d->n_models && n < cap; i++)
+        n += (size_t)snprintf(out + n, cap - n, "%s\"%s\"", i ? "," : "", d->models[i]);
+    if (n < cap)
+        snprintf(out + n, cap - n, "]");
+}
+
+static int upstream_row(void *ud, const relay_sql_row_t *row)
+{
+    upstream_list_t *q = ud;
+    const relay_store_driver_t *d = q->drv;
+    relay_upstream_record_t *u = vec_push(&q->v);
+    if (!u)
+        return RELAY_ERR_NOMEM;
+    copy_text(u->id, sizeof u->id, d->col_text(row, 0));
+    copy_text(u->def.name, sizeof u->def.name, d->col_text(row, 1));
+    copy_text(u->def.url, sizeof u->def.url, d->col_text(row, 2));
+    copy_text(u->api_key_sealed, sizeof u->api_key_sealed, d->col_text(row, 3));
+    copy_text(u->key_last4, sizeof u->key_last4, d->col_text(row, 4));
+    u->def.weight = (int)d->col_int(row, 5);
+    u->def.priority = (int)d->col_int(row, 6);
+    models_from_json(&u->def, d->col_text(row, 7));
+    u->def.max_concurrency = (int)d->col_int(row, 8);
+    u->def.timeout_s = d->col_real(row, 9);
+    u->def.max_retries = (int)d->col_int(row, 10);
+    copy_text(u->def.group, sizeof u->def.group, d->col_text(row, 11));
+    u->is_disabled = (int)d->col_int(row, 12);
+    u->created_at = d->col_int(row, 13);
+    u->updated_at = d->col_int(row, 14);
+    return 0;
+}
+
+static int op_upstream_list(relay_store_t *s, relay_store_conn_t *c, void *arg, relay_error_t *err)
+{
+    upstream_list_t *q = arg;
+    q->v.n = 0;
+    return s->drv->exec(c, "SELECT " UPSTREAM_COLS " FROM upstreams ORDER BY name", NULL, 0,
+                        upstream_row, q, NULL, err);
+}
+
+int relay_store_upstream_list(relay_store_t *s, relay_upstream_record_t **out, size_t *n)
+{
+    if (!s || !out || !n)
+        return RELAY_ERR_INVALID;
+    *out = NULL;
+    *n = 0;
+    upstream_list_t q = {.v = {.size = sizeof(relay_upstream_record_t)}, .drv = s->drv};
+    int rc = run(s, op_upstream_list, &q, OP_READ, NULL);
+    if (rc) {
+        free(q.v.items);
+        return rc;
+    }
+    *out = q.v.items;
+    *n = q.v.n;
+    return 0;
+}
+
+typedef struct upstream_write {
+    const relay_upstream_record_t *rec;
+    char id[37];
+    int update;
+} upstream_write_t;
+
+static int op_upstream_write(relay_store_t *s, relay_store_conn_t *c, void *arg, relay_error_t *err)
+{
+    const upstream_write_t *w = arg;
+    const relay_upstream_record_t *u = w->rec;
+    char models[RELAY_UPSTREAM_MAX_MODELS * 70 + 4];
+    models_to_json(&u->def, models, sizeof models);
+    int64_t now = relay_now();
+    relay_sql_val_t p[] = {V_TEXT(w->id),
+                           V_TEXT(u->def.name),
+                           V_TEXT(u->def.url),
+                           V_TEXT(u->api_key_sealed),
+                           V_TEXT(u->key_last4),
+                           V_INT(u->def.weight),
+                           V_INT(u->def.priority),
+                           V_STR(models),
+                           V_INT(u->def.max_concurrency),
+                           V_REAL(u->def.timeout_s),
+                           V_INT(u->def.max_retries),
+                           V_OPT(u->def.group),
+                           V_INT(!!u->is_disabled),
+                           V_INT(u->created_at ? u->created_at : now),
+                           V_INT(u->updated_at ? u->updated_at : now)};
+    if (!w->update)
+        return s->drv->exec(c,
+                            "INSERT INTO upstreams (" UPSTREAM_COLS ") VALUES ($1, $2, $3, $4, $5, "
+                            "$6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
+                            p, 15, NULL, NULL, NULL, err);
+    int64_t changed = 0;
+    int rc = s->drv->exec(c,
+                          "UPDATE upstreams SET name = $2, url = $3, api_key_sealed = $4, "
+                          "key_last4 = $5, weight = $6, priority = $7, models = $8, "
+                          "max_concurrency = $9, timeout = $10, max_retries = $11, "
+                          "upstream_group = $12, is_disabled = $13, updated_at = $15 "
+                          "WHERE id = $1 AND created_at <= $14",
+                          p, 15, NULL, NULL, &changed, err);
+    return rc ? rc : changed ? 0 : RELAY_ERR_NOT_FOUND;
+}
+
+static int upstream_write(relay_store_t *s, const relay_upstream_record_t *rec, int update)
+{
+    upstream_write_t w = {.rec = rec, .update = update};
+    if (!s || !rec || norm_id(w.id, rec->id) || !rec->def.name[0] || !rec->def.url[0] ||
+        !rec->api_key_sealed[0])
+        return RELAY_ERR_INVALID;
+    return run(s, op_upstream_write, &w, OP_WRITE, NULL);
+}
+
+int relay_store_upstream_insert(relay_store_t *s, const relay_upstream_record_t *rec)
+{
+    return upstream_write(s, rec, 0);
+}
+
+int relay_store_upstream_update(relay_store_t *s, const relay_upstream_record_t *rec)
+{
+    return upstream_write(s, rec, 1);
+}
+
+static int op_upstream_delete(relay_store_t *s, relay_store_conn_t *c, void *arg,
+                              relay_error_t *err)
+{
+    relay_sql_val_t p[] = {V_TEXT((const char *)arg)};
+    int64_t changed = 0;
+    int rc =
+        s->drv->exec(c, "DELETE FROM upstreams WHERE id = $1", p, 1, NULL, NULL, &changed, err);
+    return rc ? rc : changed ? 0 : RELAY_ERR_NOT_FOUND;
+}
+
+int relay_store_upstream_delete(relay_store_t *s, const char *id)
+{
+    char nid[37];
+    if (!s || !id || norm_id(nid, id))
+        return RELAY_ERR_INVALID;
+    return run(s, op_upstream_delete, nid, OP_WRITE, NULL);
 }
 
 /* ---------------------------------------------------------------- audit_log */

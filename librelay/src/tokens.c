@@ -965,6 +965,10 @@ int relay_tokens_count_request(const relay_tokenizer_t *t, const char *body, siz
     const char *model = json_string_value(json_object_get(root, "model"));
     if (model)
         relay_strlcpy(info.model, model, sizeof(info.model));
+    const char *uid =
+        json_string_value(json_object_get(json_object_get(root, "metadata"), "user_id"));
+    if (uid)
+        relay_strlcpy(info.user_id, uid, sizeof(info.user_id));
     json_decref(root);
     *out = info;
     return 0;

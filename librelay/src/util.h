@@ -34,6 +34,9 @@ int relay_is_uuid(const char *s);
 
 /* URL-safe base64 without padding; out must hold 4*ceil(n/3)+1 bytes. Returns the length. */
 size_t relay_base64url(const void *in, size_t n, char *out);
+/* Decodes standard or URL-safe base64 (padding optional) of in[0..n) into out; *out_len gets the
+ * length. -1 on bad input or when cap is too small. */
+int relay_base64_decode(const char *in, size_t n, uint8_t *out, size_t cap, size_t *out_len);
 /* Lower-case hex; out must hold 2n+1 bytes. */
 void relay_hex(const void *in, size_t n, char *out);
 

@@ -323,6 +323,7 @@ static void test_create_key(void **state)
                             "weekly_cost_limit",
                             "monthly_cost_limit",
                             "model_cost_limits",
+                            "upstream_group",
                             "budgets",
                             "api_key"};
     assert_int_equal(json_object_size(rep->json), sizeof fields / sizeof fields[0]);
@@ -476,7 +477,7 @@ static void test_get_stats_and_404(void **state)
     snprintf(path, sizeof path, "/admin/api-keys/%s/stats", id);
     reply_t *rep = call(r, "GET", path, NULL, NULL, "token");
     assert_int_equal(rep->status, 200);
-    assert_int_equal(json_object_size(rep->json), 27);
+    assert_int_equal(json_object_size(rep->json), 28);
     assert_true(json_is_false(json_object_get(rep->json, "is_expired")));
     assert_string_equal(jstr(rep->json, "id"), id);
     /* Unknown and malformed ids give the same 404. */
@@ -563,7 +564,7 @@ static void test_disable_enable_rotate_delete(void **state)
     snprintf(path, sizeof path, "/admin/api-keys/%s/rotate", id);
     rep = call(r, "POST", path, NULL, NULL, "token");
     assert_int_equal(rep->status, 200);
-    assert_int_equal(json_object_size(rep->json), 27);
+    assert_int_equal(json_object_size(rep->json), 28);
     char key2[RELAY_KEY_MAX];
     relay_strlcpy(key2, jstr(rep->json, "api_key"), sizeof key2);
     assert_string_not_equal(key, key2);

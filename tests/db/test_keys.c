@@ -681,7 +681,8 @@ static void test_to_json_shape(void **state)
                             "daily_cost_limit",
                             "weekly_cost_limit",
                             "monthly_cost_limit",
-                            "model_cost_limits"};
+                            "model_cost_limits",
+                            "upstream_group"};
     assert_int_equal(json_object_size(o), sizeof fields / sizeof fields[0]);
     for (size_t i = 0; i < sizeof fields / sizeof fields[0]; i++)
         assert_non_null(json_object_get(o, fields[i]));

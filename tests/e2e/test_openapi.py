@@ -323,6 +323,26 @@ class Answers(relaytest.RelayTestCase):
         c("DELETE", "/admin/api-keys/%s?hard_delete=true" % kid, headers=admin, want=200)
         c("POST", "/admin/api-keys/%s/enable" % kid, headers=admin, want=404)
 
+        # the upstream pool (docs/upstreams.md)
+        c("GET", "/admin/upstreams", headers=admin, want=200)
+        c("GET", "/admin/upstreams", want=401)
+        up = c("POST", "/admin/upstreams", {"name": "openapi-up", "url": fake.url,
+                                            "api_key": self.upstream_key, "weight": 2,
+                                            "models": ["claude-*"]}, admin, want=201).json()
+        c("POST", "/admin/upstreams", {"name": "openapi-up", "url": fake.url, "api_key": "k"},
+          admin, want=409)
+        c("POST", "/admin/upstreams", {"name": "openapi-x"}, admin, want=400)
+        uid = up["id"]
+        c("GET", "/admin/upstreams/" + uid, headers=admin, want=200)
+        c("GET", "/admin/upstreams/no-such-upstream", headers=admin, want=404)
+        c("PATCH", "/admin/upstreams/" + uid, {"weight": 3, "group": None}, admin, want=200)
+        c("PATCH", "/admin/upstreams/config:anthropic", {"weight": 3}, admin, want=400)
+        c("POST", "/admin/upstreams/%s/disable" % uid, headers=admin, want=200)
+        c("POST", "/admin/upstreams/%s/enable" % uid, headers=admin, want=200)
+        c("POST", "/admin/upstreams/%s/test" % uid, headers=admin, want=200)
+        c("DELETE", "/admin/upstreams/" + uid, headers=admin, want=200)
+        c("DELETE", "/admin/upstreams/" + uid, headers=admin, want=404)
+
         missing = sorted(operations(SPEC) - self.checked)
         self.assertEqual(missing, [], "operations without a checked 2xx answer")
 

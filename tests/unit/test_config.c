@@ -726,6 +726,106 @@ static void test_errors_are_positioned(void **state)
     }
 }
 
+static void test_upstream_pool_loads(void **state)
+{
+    char yaml[PATH_MAX];
+    fixture_path(yaml, sizeof yaml, "tests/unit/config_fixtures/pool.yaml");
+    setenv("UPSTREAM_API_KEY", "sk-ant-primary", 1);
+    setenv("CFG_TEST_A", "sk-ant-backup", 1);
+    setenv("CFG_TEST_B", "sk-ant-team-b", 1);
+    relay_config_t *c = load_ok(yaml, "");
+    const relay_options_t *o = &c->relay;
+    assert_int_equal(c->warnings.n, 0);
+    assert_string_equal(o->upstream_name, "main");
+    assert_string_equal(o->upstream_api_key, "sk-ant-primary");
+    assert_int_equal(o->session_ttl_s, 600);
+    assert_int_equal(o->session_max, 5000);
+    assert_int_equal(o->n_upstreams, 3);
+    const relay_upstream_def_t *b = &o->upstreams[0], *t = &o->upstreams[1], *s = &o->upstreams[2];
+    assert_string_equal(b->name, "backup");
+    assert_int_equal(b->priority, 1); /* the secondary: only while the others are unavailable */
+    assert_int_equal(b->weight, 1);
+    assert_int_equal(b->max_retries, -1);
+    assert_string_equal(b->api_key, "sk-ant-backup");
+    assert_string_equal(t->name, "team-b");
+    assert_string_equal(t->api_key, "sk-ant-team-b");
+    assert_int_equal(t->weight, 2);
+    assert_int_equal(t->priority, 0);
+    assert_int_equal(t->n_models, 2);
+    assert_string_equal(t->models[1], "claude-haiku-*");
+    assert_int_equal(t->max_concurrency, 8);
+    assert_true(t->timeout_s == 30);
+    assert_int_equal(t->max_retries, 1);
+    assert_string_equal(t->group, "team-b");
+    assert_string_equal(s->url, "http://127.0.0.1:9");
+    assert_string_equal(s->api_key, "sk-ant-inline-spare");
+    relay_config_free(c);
+}
+
+/* Without a pool the primary alone is the pool, named as before. */
+static void test_upstream_primary_alone(void **state)
+{
+    relay_config_t *c = load_ok("", "");
+    assert_int_equal(c->relay.n_upstreams, 0);
+    assert_null(c->relay.upstreams);
+    assert_string_equal(c->relay.upstream_name, "anthropic");
+    relay_config_free(c);
+}
+
+static void test_upstream_errors(void **state)
+{
+    setenv("CFG_TEST_A", "sk-ant-a", 1);
+    static const struct {
+        const char *yaml, *tail;
+    } cases[] = {
+        {"upstream:\n  primary:\n    url: https://a.example\n    colour: blue\n",
+         "4: upstream.primary.colour: unknown setting"},
+        {"upstream:\n  pools: []\n", "2: upstream.pools: unknown setting"},
+        {"upstream:\n  pool:\n    - name: a\n      url: https://a.example\n      api_key: k\n"
+         "      wieght: 2\n",
+         "6: upstream.pool[0].wieght: unknown setting"},
+        {"upstream:\n  pool:\n    - name: a\n      api_key: k\n",
+         "3: upstream.pool[0]: missing url"},
+        {"upstream:\n  pool:\n    - {name: a, url: \"https://a.example\"}\n",
+         "3: upstream.pool[0]: missing api_key (empty after ${VAR} expansion?)"},
+        {"upstream:\n  pool:\n    - {name: a, url: \"https://a.example\", api_key: "
+         "\"${UNSET_X}\"}\n",
+         "3: upstream.pool[0]: missing api_key (empty after ${VAR} expansion?)"},
+        {"upstream:\n  pool:\n    - {url: \"https://a.example\", api_key: k}\n",
+         "3: upstream.pool[0]: missing name"},
+        {"upstream:\n  pool:\n    - {name: a, url: \"https://a.example\", api_key: k}\n"
+         "    - {name: a, url: \"https://b.example\", api_key: k}\n",
+         "4: upstream.pool[1]: duplicate upstream name a (first at line 3)"},
+        {"upstream:\n  primary: {name: main}\n  secondary: {name: main, url: "
+         "\"https://b.example\", "
+         "api_key: \"${CFG_TEST_A}\"}\n",
+         "3: upstream.secondary: duplicate upstream name main (upstream.primary)"},
+        {"upstream:\n  pool:\n    - {name: anthropic, url: \"https://a.example\", api_key: k}\n",
+         "3: upstream.pool[0]: duplicate upstream name anthropic (upstream.primary, by default)"},
+        {"upstream:\n  pool:\n    - {name: a, url: \"https://a.example\", api_key: k, weight: 0}\n",
+         "3: upstream.pool[0].weight: expected an integer from 1 to 1000000"},
+        {"upstream:\n  pool:\n    - {name: a, url: \"https://a.example\", api_key: k, weight: "
+         "-1}\n",
+         "3: upstream.pool[0].weight: expected an integer from 1 to 1000000"},
+        {"upstream:\n  pool:\n    - name: a\n      url: https://a.example\n      api_key: k\n"
+         "      models: [\"claude-*\", \"claude [opus]\"]\n",
+         "6: upstream.pool[0].models[1]: expected a model pattern of 1 to 63 letters, digits, '-', "
+         "'_', '.', ':', '@', '/' and the wildcards '*' and '?'"},
+        {"upstream:\n  pool:\n    - {name: \"a b\", url: \"https://a.example\", api_key: k}\n",
+         "3: upstream.pool[0].name: expected a name of 1 to 63 letters, digits, '-', '_' or '.'"},
+        {"upstream:\n  pool:\n    - {name: a, url: \"ftp://a.example\", api_key: k}\n",
+         "3: upstream.pool[0].url: expected an http:// or https:// URL"},
+        {"upstream:\n  pool: {name: a}\n",
+         "2: upstream.pool: expected a list of {name, url, api_key, ...}"},
+        {"upstream:\n  secondary: [1]\n",
+         "2: upstream.secondary: expected a mapping with name, url and api_key"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        expect_yaml_error(cases[i].yaml, cases[i].tail);
+        unlink(tmp_paths[--n_tmp]);
+    }
+}
+
 static void test_yaml_error_never_shows_the_value(void **state)
 {
     setenv("ADMIN_PASSWORD", "VerySecretValue", 1);
@@ -864,6 +964,9 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_pricing, setup, teardown),
         cmocka_unit_test_setup_teardown(test_errors_are_positioned, setup, teardown),
         cmocka_unit_test_setup_teardown(test_yaml_error_never_shows_the_value, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_upstream_pool_loads, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_upstream_primary_alone, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_upstream_errors, setup, teardown),
         cmocka_unit_test_setup_teardown(test_warning_for_unknown_key_has_position, setup, teardown),
         cmocka_unit_test_setup_teardown(test_empty_file_gives_defaults, setup, teardown),
         cmocka_unit_test_setup_teardown(test_oversized_file_is_refused, setup, teardown),

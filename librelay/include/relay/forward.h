@@ -59,7 +59,15 @@ typedef struct relay_forward_result {
     int error_code;          /* a relay_err when the relay itself failed the request, else 0 */
     char error_message[256]; /* why (never a secret), or the upstream's error message */
     char error_type[64];     /* Anthropic error type of an upstream or relay error */
+    char upstream[64];       /* the pool upstream of the last attempt (the one that served) */
 } relay_forward_result_t;
+
+/* What relay_forward_ex takes beside the request, for the upstream pool (relay/upstreams.h). */
+typedef struct relay_forward_options {
+    const char *model;          /* the request's model (NULL: any upstream serves it) */
+    const char *session_id;     /* NULL or "": no stickiness */
+    const char *upstream_group; /* NULL or "": the upstreams without a group */
+} relay_forward_options_t;
 
 /*
  * Stage 3 on its own, for hosts that authenticate and admit themselves: sends req to the upstream
@@ -83,6 +91,17 @@ RELAY_API int relay_forward(relay_t *r, const relay_http_request_t *req, const r
  * Thread safety: may run concurrently with relay_forward.
  */
 RELAY_API void relay_forward_shutdown(relay_t *r);
+
+/*
+ * relay_forward with the pool's choice steered by fo (NULL: as relay_forward): an upstream of
+ * fo->upstream_group that serves fo->model, the session's one when it has one. Failover to
+ * another upstream (connection failure, no first byte in time, 401, 403, 408, 429, 500, 502,
+ * 503, 504, 529) happens only before anything reached the client and counts towards max_retries.
+ * When no upstream can take the request, 529 overloaded_error with retry-after. Since 0.3.
+ */
+RELAY_API int relay_forward_ex(relay_t *r, const relay_http_request_t *req,
+                               const relay_forward_options_t *fo, const relay_sink_t *sink,
+                               relay_forward_result_t *res);
 
 /*
  * The upstream URL for a client path and query ("/v1/messages", "beta=true") into out. A base

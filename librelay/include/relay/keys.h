@@ -60,6 +60,7 @@ typedef struct relay_key_params {
     const char *allowed_models;  /* JSON array of model names, or NULL */
     const char *metadata;        /* JSON object, or NULL */
     const char *cost_limits;     /* JSON object of cost budgets (relay/budgets.h), or NULL */
+    const char *upstream_group;  /* NULL or "": the upstreams without a group (relay/upstreams.h) */
 } relay_key_params_t;
 
 /* Zeroes p and sets token_limit = -1 (the configured default). */
@@ -97,7 +98,8 @@ enum {
     RELAY_KEY_SET_ALLOWED_MODELS = 1 << 7,
     RELAY_KEY_SET_METADATA = 1 << 8,
     RELAY_KEY_SET_IS_ACTIVE = 1 << 9,
-    RELAY_KEY_SET_COST_LIMITS = 1 << 10, /* merged: see relay_budgets_merge (null removes) */
+    RELAY_KEY_SET_COST_LIMITS = 1 << 10,    /* merged: see relay_budgets_merge (null removes) */
+    RELAY_KEY_SET_UPSTREAM_GROUP = 1 << 11, /* NULL or "" clears */
 };
 
 /* A partial update: only the fields whose RELAY_KEY_SET_* bit is in `set` are applied. */
@@ -111,6 +113,7 @@ typedef struct relay_key_update {
     const char *allowed_ips, *allowed_origins, *allowed_models, *metadata;
     int is_active;
     const char *cost_limits; /* a budgets patch object: the fields it holds replace the key's */
+    const char *upstream_group;
 } relay_key_update_t;
 
 /* Applies u to the key id (validated like create); rec_out (may be NULL) gets the new record. */

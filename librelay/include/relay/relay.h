@@ -112,6 +112,25 @@ typedef struct relay_price {
 } relay_price_t;
 
 /*
+ * One upstream of the pool beside the primary (config.yaml upstream.secondary and upstream.pool;
+ * docs/upstreams.md). Fixed buffers so a list is copied with memcpy; relay_new copies the list.
+ */
+#define RELAY_UPSTREAM_MAX_MODELS 16
+typedef struct relay_upstream_def {
+    char name[64];     /* unique; [A-Za-z0-9._-] */
+    char url[1024];    /* base URL, as upstream_url */
+    char api_key[512]; /* the upstream's key (a secret) */
+    int weight;        /* 1: share among the healthy upstreams of one priority */
+    int priority;      /* 0: lower is preferred (secondary: 1) */
+    char models[RELAY_UPSTREAM_MAX_MODELS][64]; /* glob patterns ("claude-sonnet-*"); none: all */
+    int n_models;
+    int max_concurrency; /* 0: no cap on requests in flight to it */
+    double timeout_s;    /* 0: upstream_timeout_s */
+    int max_retries;     /* -1: max_retries */
+    char group[64];      /* "": serves every key; else only keys whose upstream_group is this */
+} relay_upstream_def_t;
+
+/*
  * Options of a relay_t. relay_options_init fills every field with its default (noted below);
  * relay_new copies what it keeps, so the strings need only live until relay_new returns.
  * The server's config.yaml maps onto these fields one to one (see docs/configuration.md).
@@ -124,11 +143,16 @@ typedef struct relay_options {
     double connect_timeout_s;     /* 10 */
     double first_byte_timeout_s;  /* 300: until the upstream's first response byte */
     double idle_timeout_s;        /* 300: between two chunks of a stream */
-    int max_retries;       /* 3: attempts after the first, before any byte reached the client */
-    int retry_base_ms;     /* 500: first backoff; doubles each attempt, with jitter */
-    int retry_max_ms;      /* 30000: ceiling of one backoff (and of a honoured retry-after) */
-    size_t max_body_bytes; /* 32 MiB: larger request bodies get 413 */
-    int drain_timeout_ms;  /* 30000: keep reading a stream after the client left, to bill it */
+    int max_retries;           /* 3: attempts after the first, before any byte reached the client */
+    int retry_base_ms;         /* 500: first backoff; doubles each attempt, with jitter */
+    int retry_max_ms;          /* 30000: ceiling of one backoff (and of a honoured retry-after) */
+    size_t max_body_bytes;     /* 32 MiB: larger request bodies get 413 */
+    int drain_timeout_ms;      /* 30000: keep reading a stream after the client left, to bill it */
+    const char *upstream_name; /* "anthropic": the primary's name in the pool, logs and metrics */
+    const relay_upstream_def_t *upstreams; /* NULL: the primary alone (a pool of one) */
+    size_t n_upstreams;
+    int session_ttl_s;  /* 3600: a session's upstream is remembered this long */
+    size_t session_max; /* 100000: sessions remembered in memory at most */
 
     /* storage */
     const char *database_url; /* NULL: SQLite file relay.db in data_dir; "postgresql://..." */

@@ -87,6 +87,7 @@ typedef struct relay_key_record {
     char *metadata;        /* owned JSON object text, or NULL */
     int64_t expires_at, created_at, updated_at, last_used_at, deleted_at;
     char *cost_limits; /* owned JSON object text of the key's cost budgets (relay/budgets.h) */
+    char upstream_group[64]; /* "": the upstreams without a group (relay/upstreams.h) */
 } relay_key_record_t;
 
 /* Frees the owned strings of rec (not rec itself) and zeroes it. */
@@ -154,6 +155,7 @@ typedef struct relay_usage_row {
      * unique column usage_logs.row_uid: a row written twice (a spool replay after a crash) is
      * refused with RELAY_ERR_CONFLICT, and its counters are not added twice. "" = none. */
     char row_uid[33];
+    char upstream[64]; /* the pool upstream that served it ("" for a refusal) */
 } relay_usage_row_t;
 
 /*
@@ -234,6 +236,24 @@ RELAY_API int relay_store_audit_insert(relay_store_t *s, const relay_audit_entry
 RELAY_API int relay_store_audit_list(relay_store_t *s, int64_t skip, int64_t limit,
                                      relay_audit_entry_t **out, size_t *n, int64_t *total);
 RELAY_API void relay_audit_entries_free(relay_audit_entry_t *e, size_t n);
+
+/* ---- upstreams (those made through the admin REST; relay/upstreams.h) ---- */
+typedef struct relay_upstream_record {
+    char id[37];
+    relay_upstream_def_t def;  /* def.api_key is not stored: api_key_sealed holds it */
+    char api_key_sealed[1400]; /* "v1:" base64(nonce | ciphertext | tag), see upstreams_admin.c */
+    char key_last4[8];
+    int is_disabled;
+    int64_t created_at, updated_at;
+} relay_upstream_record_t;
+
+/* Every stored upstream, by name. Free *out with free(). */
+RELAY_API int relay_store_upstream_list(relay_store_t *s, relay_upstream_record_t **out, size_t *n);
+/* RELAY_ERR_CONFLICT when the name (or id) exists. */
+RELAY_API int relay_store_upstream_insert(relay_store_t *s, const relay_upstream_record_t *rec);
+/* Writes every field of rec to the row with rec->id. RELAY_ERR_NOT_FOUND when absent. */
+RELAY_API int relay_store_upstream_update(relay_store_t *s, const relay_upstream_record_t *rec);
+RELAY_API int relay_store_upstream_delete(relay_store_t *s, const char *id);
 
 /* ---- settings (admin credential hash, generated secrets, ...) ---- */
 /* Copies the value of name into buf (NUL-terminated). RELAY_ERR_NOT_FOUND when unset. */

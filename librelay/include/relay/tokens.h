@@ -52,6 +52,7 @@ typedef struct relay_request_info {
     int64_t max_tokens; /* 0 when absent */
     int stream;
     char model[128];
+    char user_id[256]; /* metadata.user_id ("" when absent; longer ones are cut) */
 } relay_request_info_t;
 
 /*
