@@ -1358,6 +1358,9 @@ static const field_t SERVER[] = {
      .max = 1024LL * 1024 * 1024},
     LIST("trusted_proxies", trusted_proxies, check_ip_or_cidr),
     INT("shutdown_grace_seconds", shutdown_grace_s, 0, 3600),
+    INT("header_timeout_ms", header_timeout_ms, 100, 3600000),
+    {.key = "max_header_size", .fn = f_bytes, .off = OFF(max_header_bytes), .min = 4096,
+     .max = 1024 * 1024},
     BOOL("forward_event_logging", forward_event_logging),
     STR("data_dir", relay.data_dir, NULL),
     END,
@@ -1781,6 +1784,8 @@ static int set_defaults(relay_config_t *c)
     relay_strlcpy(c->listen, "127.0.0.1:8000", sizeof c->listen);
     c->worker_threads = RELAY_DEFAULT_WORKER_THREADS;
     c->shutdown_grace_s = 30;
+    c->header_timeout_ms = 30000;
+    c->max_header_bytes = 65536;
     relay_strlcpy(c->log_level, "info", sizeof c->log_level);
     relay_strlcpy(c->log_format, "json", sizeof c->log_format);
     c->metrics_enabled = 1;
