@@ -1420,6 +1420,7 @@ static const field_t API_KEYS[] = {
     INT("bcrypt_concurrency", relay.bcrypt_concurrency, 0, 1024),
     INT("verify_wait_ms", relay.key_verify_wait_ms, 1, 600000),
     INT("cache_stale_ms", relay.key_cache_stale_ms, 0, 86400000),
+    INT("max_invalid_per_ip", relay.key_max_invalid_per_ip, 0, 1000000),
     {.key = "default_tier", .fn = f_default_tier, .off = OFF(relay.default_tier),
      .check = check_tier_name},
     END,

@@ -1,4 +1,5 @@
 /* http: helpers for the transport-neutral request/response of librelay's REST handlers. */
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
@@ -187,6 +188,15 @@ void relay_http_response_add_header(relay_http_response_t *resp, const char *nam
     relay_strlcpy(resp->headers[resp->n_headers].name, name, sizeof resp->headers[0].name);
     relay_strlcpy(resp->headers[resp->n_headers].value, value, sizeof resp->headers[0].value);
     resp->n_headers++;
+}
+
+void relay_http_retry_after(relay_http_response_t *resp, int seconds)
+{
+    if (seconds <= 0)
+        return;
+    char v[16];
+    snprintf(v, sizeof v, "%d", seconds);
+    relay_http_response_add_header(resp, "retry-after", v);
 }
 
 void relay_http_response_clear(relay_http_response_t *resp)

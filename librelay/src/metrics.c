@@ -57,7 +57,7 @@ typedef struct relay_families {
     relay_metric_t *auth_failures, *rate_limited, *permission, *retries, *queue_depth, *drops;
     relay_metric_t *written, *unknown_model, *budget_ratio, *cache_hits, *bcrypt, *redis_up,
         *build_info;
-    relay_metric_t *key_verify, *key_waiting, *key_timeouts;
+    relay_metric_t *key_verify, *key_waiting, *key_timeouts, *key_unknown, *key_throttled;
 } relay_families_t;
 
 struct relay_metrics {
@@ -543,6 +543,12 @@ static const fam_def_t FAMILIES[] = {
     FAM(key_timeouts, "relay_key_verify_timeouts_total",
         "Key verifications refused after waiting verify_wait_ms.", RELAY_METRIC_COUNTER, NULL, 0,
         -1, 0, NULL, 0),
+    FAM(key_unknown, "relay_key_unknown_id_refused_total",
+        "Keys refused from memory: their public id was unknown to the store within 60 s.",
+        RELAY_METRIC_COUNTER, NULL, 0, -1, 0, NULL, 0),
+    FAM(key_throttled, "relay_key_guessing_throttled_total",
+        "Keys refused with 429: their client address sent 20 invalid keys within 60 s.",
+        RELAY_METRIC_COUNTER, NULL, 0, -1, 0, NULL, 0),
     FAM(redis_up, "relay_redis_up", "1 when the shared Redis limiter is reachable.",
         RELAY_METRIC_GAUGE, NULL, 0, -1, 0, NULL, 0),
     FAM(build_info, "relay_build_info", "The relay's version (value 1).", RELAY_METRIC_GAUGE,
@@ -741,6 +747,8 @@ static void refresh(relay_t *r)
     relay_metrics_set(fam->bcrypt, NULL, (double)ks.bcrypt_calls);
     relay_metrics_set(fam->key_waiting, NULL, (double)ks.verify_waiting);
     relay_metrics_set(fam->key_timeouts, NULL, (double)ks.verify_timeouts);
+    relay_metrics_set(fam->key_unknown, NULL, (double)ks.unknown_id_hits);
+    relay_metrics_set(fam->key_throttled, NULL, (double)ks.throttled);
 }
 
 void relay_metrics_observe_key_verify(relay_t *r, const char *result, double seconds)

@@ -128,6 +128,7 @@ void relay_options_init(relay_options_t *o)
     o->key_cache_max = 10000;
     o->bcrypt_concurrency = 0;
     o->key_verify_wait_ms = 10000;
+    o->key_max_invalid_per_ip = 20;
     o->key_cache_stale_ms = 300000;
     o->default_tier = "basic";
     o->admin_username = "admin";

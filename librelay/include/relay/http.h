@@ -70,6 +70,8 @@ RELAY_API void relay_http_response_error(relay_http_response_t *resp, int code,
  */
 RELAY_API void relay_http_response_add_header(relay_http_response_t *resp, const char *name,
                                               const char *value);
+/* Adds retry-after: seconds when seconds > 0; else nothing. */
+RELAY_API void relay_http_retry_after(relay_http_response_t *resp, int seconds);
 RELAY_API void relay_http_response_clear(relay_http_response_t *resp);
 
 #ifdef __cplusplus

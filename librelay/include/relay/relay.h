@@ -152,6 +152,8 @@ typedef struct relay_options {
     int key_cache_stale_ms;      /* 300000: past its TTL a cached key is still served this long
                                     while the maintenance thread re-reads it (0: never; the
                                     request re-reads it itself) */
+    int key_max_invalid_per_ip;  /* 20: invalid keys from one address within 60 s before it is
+                                    blocked for 60 s (keys not in the cache get 429); 0: never */
     const char *default_tier;    /* "basic" */
 
     /* admin (config.yaml admin.*, env ADMIN_USERNAME/ADMIN_PASSWORD/SECRET_KEY) */
