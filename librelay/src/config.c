@@ -1407,6 +1407,7 @@ static const field_t ADMIN[] = {
     INT("login_max_failures", relay.login_max_failures, 1, INT_MAX),
     INT("login_window_seconds", relay.login_window_s, 1, INT_MAX),
     INT("login_cooldown_seconds", relay.login_cooldown_s, 1, INT_MAX),
+    INT("login_max_failures_per_user", relay.login_max_failures_per_user, 0, INT_MAX),
     END,
 };
 

@@ -136,6 +136,7 @@ void relay_options_init(relay_options_t *o)
     o->login_max_failures = 5;
     o->login_window_s = 300;
     o->login_cooldown_s = 300;
+    o->login_max_failures_per_user = 20;
     o->reservation_ceiling = 16384;
     o->weight_input = o->weight_output = o->weight_cache_creation = o->weight_cache_read = 1.0;
     o->usage_queue_max = 100000;

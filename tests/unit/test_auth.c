@@ -345,6 +345,82 @@ static void test_parallel_logins_cannot_outrun_lockout(void **state)
     nftw(dir, rm_entry, 8, FTW_DEPTH | FTW_PHYS);
 }
 
+/* A wrong guess from each of many addresses: the per-address lockout never triggers, the
+ * per-user one does, and then even the right password from a fresh address is refused. */
+static void test_lockout_per_user_across_addresses(void **state)
+{
+    (void)state;
+    char dir[64] = "/tmp/relay-auth-XXXXXX";
+    assert_non_null(mkdtemp(dir));
+    relay_options_t o;
+    relay_options_init(&o);
+    o.data_dir = dir;
+    o.secret_key = SECRET;
+    o.admin_password = "the-right-password";
+    o.bcrypt_cost = 4;
+    o.login_max_failures_per_user = 6;
+    relay_t *r = NULL;
+    relay_error_t err = {0};
+    if (relay_new(&r, &o, &err) != 0)
+        fail_msg("relay_new: %s", err.message);
+    char *tok = NULL, ip[32];
+    int exp;
+    /* Other usernames are not counted per user (only per address). */
+    for (int i = 0; i < 10; i++) {
+        snprintf(ip, sizeof ip, "198.51.100.%d", 100 + i);
+        assert_int_equal(relay_auth_login(r, "root", "guess", ip, &tok, &exp, &err),
+                         RELAY_ERR_AUTH);
+    }
+    for (int i = 0; i < 6; i++) {
+        snprintf(ip, sizeof ip, "198.51.100.%d", i + 1);
+        assert_int_equal(relay_auth_login(r, "admin", "guess", ip, &tok, &exp, &err),
+                         RELAY_ERR_AUTH);
+    }
+    assert_int_equal(
+        relay_auth_login(r, "admin", "the-right-password", "198.51.100.99", &tok, &exp, &err),
+        RELAY_ERR_LOGIN_LOCKED);
+    assert_non_null(strstr(err.message, "try again in"));
+    /* Off: the same guesses lock nothing. */
+    relay_free(r);
+    nftw(dir, rm_entry, 8, FTW_DEPTH | FTW_PHYS);
+    assert_non_null(mkdtemp(strcpy(dir, "/tmp/relay-auth-XXXXXX")));
+    o.data_dir = dir;
+    o.login_max_failures_per_user = 0;
+    if (relay_new(&r, &o, &err) != 0)
+        fail_msg("relay_new: %s", err.message);
+    for (int i = 0; i < 30; i++) {
+        snprintf(ip, sizeof ip, "198.51.100.%d", i + 1);
+        assert_int_equal(relay_auth_login(r, "admin", "guess", ip, &tok, &exp, &err),
+                         RELAY_ERR_AUTH);
+    }
+    assert_int_equal(
+        relay_auth_login(r, "admin", "the-right-password", "198.51.100.99", &tok, &exp, &err), 0);
+    relay_free_string(tok);
+    relay_free(r);
+    nftw(dir, rm_entry, 8, FTW_DEPTH | FTW_PHYS);
+}
+
+/* Tokens claiming an asymmetric algorithm (key confusion), or HS256 spelt otherwise, are refused
+ * before any signature check. */
+static void test_asymmetric_alg_refused(void **state)
+{
+    (void)state;
+    long now = (long)relay_now();
+    relay_error_t err = {0};
+    char payload[128];
+    snprintf(payload, sizeof payload, "{\"sub\":\"admin\",\"iat\":%ld,\"exp\":%ld}", now,
+             now + 600);
+    const char *headers[] = {"{\"alg\":\"RS256\",\"typ\":\"JWT\"}", "{\"alg\":\"ES256\"}",
+                             "{\"alg\":\"hs256\"}", "{\"alg\":[\"HS256\"]}"};
+    for (size_t i = 0; i < sizeof headers / sizeof headers[0]; i++) {
+        char *h = b64url_str(headers[i]), *p = b64url_str(payload), t[512];
+        snprintf(t, sizeof t, "%s.%s.c2lnbmF0dXJl", h, p);
+        assert_int_equal(verify(t, &err), RELAY_ERR_AUTH);
+        free(h);
+        free(p);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -358,6 +434,8 @@ int main(void)
         cmocka_unit_test_setup(test_parse_basic, setup),
         cmocka_unit_test_setup(test_password_hash, setup),
         cmocka_unit_test(test_parallel_logins_cannot_outrun_lockout),
+        cmocka_unit_test(test_lockout_per_user_across_addresses),
+        cmocka_unit_test_setup(test_asymmetric_alg_refused, setup),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -160,11 +160,14 @@ typedef struct relay_options {
     const char *admin_username; /* "admin" */
     const char
         *admin_password; /* NULL: keep the stored hash (the server generates one at first start) */
-    const char *secret_key; /* JWT signing key; required for admin login */
-    int jwt_lifetime_s;     /* 1800 */
-    int login_max_failures; /* 5 failures per client IP within login_window_s ... */
-    int login_window_s;     /* 300 */
-    int login_cooldown_s;   /* 300: ... then 429 for this long */
+    const char *secret_key;          /* JWT signing key; required for admin login */
+    int jwt_lifetime_s;              /* 1800 */
+    int login_max_failures;          /* 5 failures per client IP within login_window_s ... */
+    int login_window_s;              /* 300 */
+    int login_cooldown_s;            /* 300: ... then 429 for this long */
+    int login_max_failures_per_user; /* 20 failures for the admin username within
+                                        login_window_s, from any addresses, lock the username
+                                        for login_cooldown_s (0: no per-user lockout) */
 
     /* rate-limit tiers: the initial set, persisted on first start (config.yaml rate_limit.by_tier)
      */
