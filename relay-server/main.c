@@ -261,8 +261,11 @@ static int start_civetweb(server_t *s)
     const char *opts[] = {"listening_ports", s->cfg->listen, "num_threads", threads,
                           "listen_backlog", "4096", "connection_queue", threads,
                           "enable_keep_alive", "yes", "keep_alive_timeout_ms", "30000",
-                          "request_timeout_ms", head_ms, "max_request_size", head_max, "decode_url",
-                          "yes", "tcp_nodelay", "1",
+                          "request_timeout_ms", head_ms, "max_request_size", head_max,
+                          /* Routes see the path as sent: decoded, "%00" cut a path short
+                           * ("/console/index.html%00.txt" served index.html) and "%2f" made
+                           * a separator; no route needs an escape decoded. */
+                          "decode_url", "no", "tcp_nodelay", "1",
                           /* CivetWeb answers preflights itself and sends "*" by default; the
                            * relay does CORS only as security.cors says (cors.c). */
                           "access_control_allow_origin", "", NULL};
