@@ -60,7 +60,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     relay_http_header_t h[] = {{"authorization", g_auth}, {"content-type", "application/json"}};
     relay_http_request_t req = {.method = methods[route],
                                 .path = route == 4 && size > 1 && data[1] == 'r' ? g_rotate_path
-                                                                                  : paths[route],
+                                                                                 : paths[route],
                                 .body = (const char *)data + 1,
                                 .body_len = size - 1,
                                 .client_ip = "192.0.2.1",

@@ -36,7 +36,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     if (n < size) {
         char user[RELAY_AUTH_USERNAME_MAX + 1], pass[RELAY_AUTH_PASSWORD_MAX + 1];
         if (relay_auth_parse_basic(buf + n + 1, user, sizeof user, pass, sizeof pass) == 0 &&
-            (strnlen(user, sizeof user) >= sizeof user || strnlen(pass, sizeof pass) >= sizeof pass))
+            (strnlen(user, sizeof user) >= sizeof user ||
+             strnlen(pass, sizeof pass) >= sizeof pass))
             abort();
     }
     free(buf);

@@ -408,7 +408,8 @@ class RelayServer:
         self._lines = {"stderr": [], "stdout": []}
         self._cond = threading.Condition()
         self._readers = []
-        self.proxy_keys = []  # keys made by create_key(): secrets for assert_no_secrets()
+        self.proxy_keys = []  # keys handed out (create, rotate): secrets for assert_no_secrets()
+        self.answer_leaks = []  # answers that carried a secret (see _watch)
 
     @property
     def url(self):
@@ -422,6 +423,7 @@ class RelayServer:
         """Every secret this server was given or handed out, for assert_no_secrets()."""
         names = ("UPSTREAM_API_KEY", "ADMIN_PASSWORD", "SECRET_KEY")
         vals = [self.env[n] for n in names if self.env.get(n)]
+        vals += config_secrets(self.env.get("RELAY_CONFIG"))
         for n in ("DATABASE_URL", "REDIS_URL"):  # only the password part of a URL is secret
             pw = urlsplit(self.env.get(n) or "").password
             if pw:
@@ -575,16 +577,35 @@ class RelayServer:
         values = list(self.secrets()) + list(extra)
         found = ["stderr line %d" % n for n in find_secrets(self.stderr_lines(), values)]
         found += ["stdout line %d" % n for n in find_secrets(self.stdout_lines(), values)]
+        found += ["the " + a for a in self.answer_leaks]
         if found:
             raise AssertionError("a secret appears in the output of relay-server on port %d at %s"
                                  % (self.port, ", ".join(found)))
 
     # ---- HTTP ------------------------------------------------------------------------------
     def request(self, method, path, body=None, headers=None, timeout=30.0):
-        return request(self.port, method, path, body, headers, timeout)
+        return self._watch(request(self.port, method, path, body, headers, timeout), method, path)
 
     def json_request(self, method, path, body=None, headers=None, timeout=30.0):
-        return json_request(self.port, method, path, body, headers, timeout)
+        st, js, r = json_request(self.port, method, path, body, headers, timeout)
+        self._watch(r, method, path)
+        return st, js, r
+
+    def _watch(self, r, method, path):
+        """Every answer read through this server: a proxy key it hands out (create, rotate) is
+        remembered as a secret; any other secret in an answer is a leak, reported by
+        assert_no_secrets()."""
+        body = r.body.decode("utf-8", "replace")
+        try:
+            js = json.loads(body) if body.startswith("{") else None
+        except ValueError:
+            js = None
+        given = js.get("api_key") if isinstance(js, dict) else None
+        if isinstance(given, str) and given:
+            self.proxy_keys.append(given)
+        if find_secrets([body.replace(given, "") if given else body], self.secrets()):
+            self.answer_leaks.append("%d answer to %s %s" % (r.status, method, path.split("?")[0]))
+        return r
 
     def stream(self, method, path, body=None, headers=None, timeout=30.0):
         return Stream(self.port, method, path, body, headers, timeout)
@@ -610,6 +631,18 @@ class RelayServer:
             raise AssertionError("key creation failed: %d %r" % (st, r.body[:300]))
         self.proxy_keys.append(js["api_key"])
         return js["api_key"], js
+
+
+def config_secrets(path):
+    """The api_key / password / token values written in a config.yaml (upstream keys above all),
+    so a test server given its keys by file is checked like one given them by environment."""
+    try:
+        with open(path or "") as f:
+            text = f.read()
+    except OSError:
+        return []
+    pat = r"^\s*-?\s*(?:api_key|password|token|secret_key)\s*:\s*[\"']?([^\"'\s#]+)"
+    return [v for v in re.findall(pat, text, re.M) if not v.startswith("${")]
 
 
 def find_secrets(lines, secret_values):
