@@ -29,7 +29,7 @@ from fake_upstream import FakeUpstream  # noqa: F401  (re-exported for tests)
 
 SKIP_EXIT = 77
 HEALTH_TIMEOUT = float(os.environ.get("RELAY_TEST_HEALTH_TIMEOUT", "30"))
-STOP_TIMEOUT = 15.0
+STOP_TIMEOUT = float(os.environ.get("RELAY_TEST_STOP_TIMEOUT", "15"))
 # Variables passed from the test runner's environment to relay-server; everything else is
 # dropped so a developer's own DATABASE_URL or UPSTREAM_API_KEY cannot leak into a test.
 PASS_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "TZ", "LD_LIBRARY_PATH", "ASAN_OPTIONS",
@@ -448,6 +448,7 @@ class RelayServer:
 
     def _start_once(self, wait, timeout):
         os.makedirs(self.data_dir, exist_ok=True)
+        self._cap_workers()
         self.proc = subprocess.Popen([self.binary] + self.args, env=self.env, cwd=self.workdir,
                                      stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                      stderr=subprocess.PIPE)
@@ -458,6 +459,29 @@ class RelayServer:
         if wait:
             self.wait_healthy(timeout)
         return self
+
+    def _cap_workers(self):
+        """RELAY_TEST_WORKER_THREADS=N (the ThreadSanitizer and valgrind runs): a server whose
+        configuration does not choose server.worker_threads gets N instead of the default 2,500,
+        whose start alone takes minutes under those tools."""
+        n = os.environ.get("RELAY_TEST_WORKER_THREADS")
+        path = self.env.get("RELAY_CONFIG") or os.path.join(self.workdir, "config.yaml")
+        try:
+            with open(path) as f:
+                text = f.read()
+        except OSError:
+            text = ""
+        if not n or "worker_threads" in text:
+            return
+        line = "  worker_threads: %d\n" % int(n)
+        if re.search(r"^server:[ \t]*$", text, re.M):
+            text = re.sub(r"^server:[ \t]*\n", lambda m: m.group(0) + line, text, 1, re.M)
+        else:
+            text += "\nserver:\n" + line
+        capped = os.path.join(self.workdir, "config-workers.yaml")
+        with open(capped, "w") as f:
+            f.write(text)
+        self.env["RELAY_CONFIG"] = capped
 
     def _read(self, name, pipe):
         echo = os.environ.get("RELAY_TEST_VERBOSE")

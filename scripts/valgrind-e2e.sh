@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# Runs end-to-end tests with every relay-server under valgrind memcheck, then fails if any server
+# lost memory for certain ("definitely lost") or made a memory error. Not part of CI (an hour and
+# more on two cores); the last recorded result is in docs/testing.md#valgrind.
+#
+#   scripts/valgrind-e2e.sh [ctest -R regex]     default: every e2e test that starts relay-server
+#
+# Needs a RelWithDebInfo build in build/ (cmake -S . -B build && cmake --build build), valgrind
+# (scripts/deps.sh --valgrind), and the services the tests use (RELAY_TEST_PG_URL,
+# RELAY_TEST_REDIS_URL; without them those classes skip). Servers run with 16 workers
+# (RELAY_TEST_WORKER_THREADS) instead of 2,500, and the harness waits longer for them.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+BUILD=${BUILD_DIR:-build}
+REGEX=${1:-^e2e\.test_(attacks|budgets|concurrency|framing|key_burst|limits|metrics|proxy|server|usage_api)$}
+REAL=$ROOT/$BUILD/relay-server/relay-server
+[[ -x "$REAL" ]] || { echo "build relay-server in $BUILD/ first"; exit 2; }
+command -v valgrind >/dev/null || { echo "valgrind missing: scripts/deps.sh --valgrind"; exit 2; }
+OUT=${VALGRIND_OUT:-$ROOT/$BUILD/valgrind}
+rm -rf "$OUT" && mkdir -p "$OUT"
+cat >"$OUT/relay-server" <<WRAP
+#!/bin/sh
+exec valgrind --tool=memcheck --leak-check=full --show-leak-kinds=definite \\
+  --errors-for-leak-kinds=definite --num-callers=30 --max-threads=1000 \\
+  --log-file="$OUT/vg.%p.log" "$REAL" "\$@"
+WRAP
+chmod +x "$OUT/relay-server"
+export RELAY_TEST_WORKER_THREADS=16 RELAY_TEST_HEALTH_TIMEOUT=180 RELAY_TEST_STOP_TIMEOUT=120
+set +e
+RELAY_SERVER_BIN="$OUT/relay-server" ctest --test-dir "$BUILD" -R "$REGEX" --timeout 7200 \
+  --output-on-failure >"$OUT/ctest.log" 2>&1
+tests_rc=$?
+set -e
+grep -E "tests passed|Failed|Passed|\*\*\*" "$OUT/ctest.log" || true
+# One log per relay-server process (plus the short "migrate"/"keys" runs).
+servers=0 leaky=0 errors=0
+for f in "$OUT"/vg.*.log; do
+  [[ -e "$f" ]] || continue
+  servers=$((servers + 1))
+  lost=$(sed -n 's/.*definitely lost: \([0-9,]*\) bytes.*/\1/p' "$f" | tr -d , | tail -1)
+  errs=$(sed -n 's/.*ERROR SUMMARY: \([0-9,]*\) errors.*/\1/p' "$f" | tr -d , | tail -1)
+  if [[ -n "$lost" && "$lost" != 0 ]]; then leaky=$((leaky + 1)); echo "definitely lost $lost bytes: $f"; fi
+  if [[ -n "$errs" && "$errs" != 0 ]]; then errors=$((errors + 1)); echo "$errs errors: $f"; fi
+  if ! grep -q "ERROR SUMMARY" "$f"; then echo "no summary (killed before exit?): $f"; fi
+done
+echo "valgrind: $servers processes, $leaky with definite leaks, $errors with errors; ctest exit $tests_rc"
+echo "logs: $OUT"
+[[ $leaky -eq 0 && $errors -eq 0 ]]
