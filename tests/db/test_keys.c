@@ -73,6 +73,18 @@ static int verify(relay_t *r, const char *key, relay_error_t *err)
     return rc;
 }
 
+/* A well-formed key with a random public id (unknown to the store). */
+static void made_up_key(char out[RELAY_KEY_MAX])
+{
+    uint8_t rnd[32];
+    char sec[64], pub[32];
+    relay_random_bytes(rnd, sizeof rnd);
+    relay_base64url(rnd, 32, sec);
+    relay_random_bytes(rnd, 9);
+    relay_hex(rnd, 6, pub);
+    snprintf(out, RELAY_KEY_MAX, "sk-proxy-%s_%s", pub, sec);
+}
+
 /* ---- tests ---- */
 
 static void test_create_format_and_record(void **state)
@@ -153,13 +165,7 @@ static void test_unknown_and_malformed_cost_no_bcrypt(void **state)
     /* Well-formed keys with random public ids: refused by lookup, nothing hashed. */
     for (int i = 0; i < 100; i++) {
         char fake[RELAY_KEY_MAX];
-        uint8_t rnd[32];
-        char sec[64], pub[32];
-        relay_random_bytes(rnd, sizeof rnd);
-        relay_base64url(rnd, 32, sec);
-        relay_random_bytes(rnd, 9);
-        relay_hex(rnd, 6, pub);
-        snprintf(fake, sizeof fake, "sk-proxy-%s_%s", pub, sec);
+        made_up_key(fake);
         assert_int_equal(verify(r, fake, &err), RELAY_ERR_AUTH);
         relay_strlcpy(msg_unknown, err.message, sizeof msg_unknown);
     }
@@ -1052,18 +1058,6 @@ static void test_unknown_keys_do_not_keep_a_key_out_of_the_cache(void **state)
     assert_int_equal(bcrypts(r), 1);
     relay_key_record_clear(&rec);
     relay_free(r);
-}
-
-/* A well-formed key with a random public id (unknown to the store). */
-static void made_up_key(char out[RELAY_KEY_MAX])
-{
-    uint8_t rnd[32];
-    char sec[64], pub[32];
-    relay_random_bytes(rnd, sizeof rnd);
-    relay_base64url(rnd, 32, sec);
-    relay_random_bytes(rnd, 9);
-    relay_hex(rnd, 6, pub);
-    snprintf(out, RELAY_KEY_MAX, "sk-proxy-%s_%s", pub, sec);
 }
 
 static relay_keys_stats_t key_stats(relay_t *r)
