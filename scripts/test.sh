@@ -62,6 +62,7 @@ if [[ "${RELAY_SKIP_SANITIZE:-0}" != "1" ]]; then
   echo "== concurrency tests (ThreadSanitizer build) =="
   CTEST_ARGS="-R ^(unit\.test_(limits|limits_redis|auth)|(sqlite|pg)\.test_keys|e2e\.test_(concurrency|key_burst))$" \
     TSAN_OPTIONS="halt_on_error=1:second_deadlock_stack=1:suppressions=$ROOT/tests/tsan.supp" \
+    RELAY_TEST_WORKER_THREADS=64 RELAY_TEST_HEALTH_TIMEOUT=120 \
     run_suite build-tsan RelWithDebInfo -DRELAY_SANITIZE=thread -DRELAY_BUILD_BENCH=OFF \
     -DRELAY_BUILD_EXAMPLES=OFF
 fi

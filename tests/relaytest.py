@@ -606,6 +606,17 @@ class RelayServer:
             raise AssertionError("a secret appears in the output of relay-server on port %d at %s"
                                  % (self.port, ", ".join(found)))
 
+    def assert_no_sanitizer_report(self):
+        """Raise AssertionError if a sanitizer reported on stderr (a race or leak at shutdown
+        leaves the tests passing otherwise)."""
+        marks = ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "WARNING: ThreadSanitizer",
+                 "runtime error:")
+        hits = [i + 1 for i, line in enumerate(self.stderr_lines()) if any(m in line for m in marks)]
+        if hits:
+            raise AssertionError("relay-server on port %d: sanitizer report at stderr line %d:\n%s"
+                                 % (self.port, hits[0], "\n".join(self.stderr_lines()[hits[0] - 1:
+                                                                                  hits[0] + 20])))
+
     # ---- HTTP ------------------------------------------------------------------------------
     def request(self, method, path, body=None, headers=None, timeout=30.0):
         return self._watch(request(self.port, method, path, body, headers, timeout), method, path)
@@ -828,9 +839,15 @@ class RelayTestCase(unittest.TestCase):
     def _cleanup_class(cls):
         errors = []
         for s in cls._servers:
+            if s.proc and s.proc.poll() is None:  # metric labels are checked for secrets too
+                try:
+                    s.request("GET", "/metrics", timeout=10)
+                except OSError:
+                    pass
             s.stop()
             try:
                 s.assert_no_secrets()
+                s.assert_no_sanitizer_report()
             except AssertionError as e:
                 errors.append(str(e))
             s.cleanup()

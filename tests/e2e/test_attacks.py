@@ -195,7 +195,8 @@ class AdminInputs(relaytest.RelayTestCase):
 
     @classmethod
     def relay_env(cls):
-        return {"RELAY_CONFIG": write_class_config(cls, "server:\n  max_body_size: 1MB\n")}
+        return {"RELAY_CONFIG": write_class_config(
+            cls, "server:\n  max_body_size: 1MB\napi_keys:\n  bcrypt_cost: 4\n")}
 
     def setUp(self):
         super().setUp()
