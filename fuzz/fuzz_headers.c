@@ -9,7 +9,8 @@
 
 /*
  * The input is split at NUL bytes into: peer, X-Forwarded-For, X-Real-IP, an allowlist, an
- * Origin and a query string. Each goes through the function that parses it on the request path.
+ * Origin and a query string. Each goes through the function that parses it on the request path,
+ * and as header fields through the request-smuggling check.
  */
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
@@ -38,6 +39,16 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     relay_http_request_t req = {.query = part[5]};
     char val[128];
     relay_http_query_param(&req, part[4], val, sizeof val);
+    /* The framing check over fields made of the same parts. */
+    relay_http_header_t h[] = {
+        {"Content-Length", part[1]}, {"Transfer-Encoding", part[2]}, {part[4], part[5]}};
+    const char *why = NULL;
+    req.headers = h;
+    for (size_t k = 1; k <= 3; k++) {
+        req.n_headers = k;
+        if (relay_http_check_framing(&req, part[3], &why) != 0 && !why)
+            abort(); /* a refusal always has its reason */
+    }
     free(buf);
     return 0;
 }

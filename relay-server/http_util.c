@@ -173,11 +173,15 @@ int server_request_read(server_t *s, struct mg_connection *conn, server_request_
                                sizeof req->client_ip) != 0)
         snprintf(req->client_ip, sizeof req->client_ip, "%s", ri->remote_addr);
     req->http.client_ip = req->client_ip;
+    if (server_framing_check(s, conn, req) != 0)
+        return RELAY_ERR_INVALID;
     if (ri->content_length > (long long)max_body) {
+        /* Refused unread: the connection closes, so the body is never taken for a request. */
         char msg[128];
         snprintf(msg, sizeof msg, "request body of %lld bytes exceeds the limit of %zu bytes",
                  ri->content_length, max_body);
-        server_write_error(conn, RELAY_ERR_TOO_LARGE, msg);
+        server_count_refused("body_too_large");
+        server_write_error_close(conn, 413, RELAY_ERR_TOO_LARGE, msg);
         return RELAY_ERR_TOO_LARGE;
     }
     const char *te = mg_get_header(conn, "Transfer-Encoding");
@@ -187,7 +191,8 @@ int server_request_read(server_t *s, struct mg_connection *conn, server_request_
     if (rc == RELAY_ERR_TOO_LARGE) {
         char msg[128];
         snprintf(msg, sizeof msg, "request body exceeds the limit of %zu bytes", max_body);
-        server_write_error(conn, RELAY_ERR_TOO_LARGE, msg);
+        server_count_refused("body_too_large");
+        server_write_error_close(conn, 413, RELAY_ERR_TOO_LARGE, msg);
     } else if (rc == RELAY_ERR_NOMEM) {
         server_write_error(conn, RELAY_ERR_NOMEM, NULL);
     }

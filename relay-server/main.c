@@ -233,6 +233,7 @@ static int handle_request(server_t *s, struct mg_connection *conn)
         route_proxy(s, conn, &req);
     server_cors_end();
     server_request_free(&req);
+    server_conn_mark(server_conn_fd(conn));
     return 1;
 }
 
@@ -253,8 +254,13 @@ static int start_civetweb(server_t *s)
                 s->cfg->listen);
         return -1;
     }
-    char threads[16];
+    char threads[16], head_ms[16], head_max[24];
     snprintf(threads, sizeof threads, "%d", s->cfg->worker_threads);
+    /* request_timeout_ms bounds the whole request head (a slowloris client trickling headers
+     * holds its worker this long at most), and each stalled read of a body or write to the
+     * client; max_request_size is the head's buffer, checked before the head is read further. */
+    snprintf(head_ms, sizeof head_ms, "%d", s->cfg->header_timeout_ms);
+    snprintf(head_max, sizeof head_max, "%zu", s->cfg->max_header_bytes);
     /* Headers and each chunk are separate writes: without tcp_nodelay, Nagle's algorithm and the
      * client's delayed ACK add ~40 ms to every answer (bench/bench_proxy.py shows it). */
     /* A burst of new connections (a deploy, a thousand clients at once) must not overflow the
@@ -262,13 +268,17 @@ static int start_civetweb(server_t *s)
     const char *opts[] = {"listening_ports", s->cfg->listen, "num_threads", threads,
                           "listen_backlog", "4096", "connection_queue", threads,
                           "enable_keep_alive", "yes", "keep_alive_timeout_ms", "30000",
-                          "request_timeout_ms", "120000", "max_request_size", "65536", "decode_url",
-                          "yes", "tcp_nodelay", "1",
+                          "request_timeout_ms", head_ms, "max_request_size", head_max,
+                          /* Routes see the path as sent: decoded, "%00" cut a path short
+                           * ("/console/index.html%00.txt" served index.html) and "%2f" made
+                           * a separator; no route needs an escape decoded. */
+                          "decode_url", "no", "tcp_nodelay", "1",
                           /* CivetWeb answers preflights itself and sends "*" by default; the
                            * relay does CORS only as security.cors says (cors.c). */
                           "access_control_allow_origin", "", NULL};
     struct mg_callbacks cb;
     memset(&cb, 0, sizeof cb);
+    cb.http_error = server_http_error;
     mg_init_library(0);
     s->ctx = mg_start(&cb, s, opts);
     if (!s->ctx) {

@@ -15,6 +15,8 @@ int server_observability_setup(server_t *s)
                    "monitoring.metrics.key_label: expected name, id or off");
         return -1;
     }
+    if (server_framing_setup(s) != 0)
+        return -1;
     relay_alert_options_t ao = {
         .thresholds = cfg->n_alert_thresholds ? cfg->alert_thresholds : NULL,
         .n_thresholds = cfg->n_alert_thresholds,

@@ -4,6 +4,7 @@
 
 #include <civetweb.h>
 #include <stddef.h>
+#include <stdint.h>
 
 #include "relay/config.h"
 #include "relay/forward.h"
@@ -39,7 +40,8 @@ typedef struct server_request {
 
 /*
  * Reads the request (body up to max_body bytes) into req. Returns 0, or RELAY_ERR_TOO_LARGE
- * (answered 413 already) / RELAY_ERR_IO (client gone; nothing to answer).
+ * (answered 413) / RELAY_ERR_INVALID (framing refused, answered 400 or 431; both close the
+ * connection) / RELAY_ERR_IO (client gone; nothing to answer).
  */
 int server_request_read(server_t *s, struct mg_connection *conn, server_request_t *req,
                         size_t max_body);
@@ -97,6 +99,26 @@ void server_sink_free(server_sink_t *ctx);
 int server_conn_fd(struct mg_connection *conn);
 /* Has the client closed its side (or the connection failed)? Never blocks. */
 int server_conn_closed(int fd);
+/* Notes that a request on fd ended: its time and the bytes received so far (TCP_INFO), so that
+ * a refusal by CivetWeb of the next request can tell a slow one from an oversized one. */
+void server_conn_mark(int fd);
+/* Milliseconds and bytes received since the last mark (or the accept). -1: fd unknown. */
+int server_conn_since_mark(int fd, int64_t *ms, uint64_t *bytes);
+
+/* ---- framing (framing.c): checks before any route runs ---- */
+/* Refuses a request whose framing another parser could read differently (request smuggling):
+ * answers 400 (or 431 for too many header fields) with Connection: close and returns
+ * RELAY_ERR_INVALID; 0 when the request may go on. */
+int server_framing_check(server_t *s, struct mg_connection *conn, server_request_t *req);
+/* CivetWeb's http_error callback: its own refusals (oversized or slow request heads, bad
+ * versions) in Anthropic's error shape, with the right status, and the connection closed. */
+int server_http_error(struct mg_connection *conn, int status, const char *msg);
+/* Registers relay_http_refused_total (at start, before CivetWeb runs). 0 or -1. */
+int server_framing_setup(server_t *s);
+/* Counts a request refused before routing, by reason. */
+void server_count_refused(const char *reason);
+/* Writes the error JSON of code with this HTTP status and Connection: close. */
+void server_write_error_close(struct mg_connection *conn, int status, int code, const char *msg);
 
 /* ---- CORS (cors.c), per request on the worker's thread ---- */
 /* Decides the request's CORS headers; answers a preflight itself (returns 1 then). */

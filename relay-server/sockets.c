@@ -1,5 +1,6 @@
 /* sockets: finds the socket behind a CivetWeb connection, which CivetWeb keeps to itself. */
 #include <arpa/inet.h>
+#include <linux/tcp.h>
 #include <netinet/in.h>
 #include <poll.h>
 #include <pthread.h>
@@ -7,6 +8,7 @@
 #include <stdio.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <time.h>
 
 #include "server.h"
 
@@ -31,6 +33,8 @@ typedef struct peer {
     int next; /* next fd in the bucket, -1 */
     uint16_t port;
     char addr[INET6_ADDRSTRLEN];
+    int64_t mark_ms;     /* when the last request on it ended (or it was accepted) */
+    uint64_t mark_bytes; /* bytes received by then */
 } peer_t;
 
 static peer_t g_by_fd[MAX_FD];
@@ -73,6 +77,25 @@ static void unlink_fd(int fd)
     e->used = 0;
 }
 
+static int64_t now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* Bytes the kernel has received on fd so far (0 when it cannot say). */
+static uint64_t bytes_received(int fd)
+{
+    struct tcp_info ti;
+    socklen_t len = sizeof ti;
+    memset(&ti, 0, sizeof ti);
+    if (getsockopt(fd, IPPROTO_TCP, TCP_INFO, &ti, &len) != 0 ||
+        len < offsetof(struct tcp_info, tcpi_bytes_received) + sizeof ti.tcpi_bytes_received)
+        return 0;
+    return ti.tcpi_bytes_received;
+}
+
 static void record(int fd, const struct sockaddr *sa)
 {
     char addr[INET6_ADDRSTRLEN];
@@ -93,6 +116,8 @@ static void record(int fd, const struct sockaddr *sa)
     size_t b = bucket_of(addr, port);
     e->next = g_bucket[b];
     e->used = 1;
+    e->mark_ms = now_ms();
+    e->mark_bytes = 0;
     g_bucket[b] = fd;
     pthread_mutex_unlock(&g_mu);
 }
@@ -148,4 +173,27 @@ int server_conn_closed(int fd)
 {
     struct pollfd p = {.fd = fd, .events = POLLIN | POLLRDHUP};
     return poll(&p, 1, 0) == 1 && (p.revents & (POLLRDHUP | POLLHUP | POLLERR));
+}
+
+void server_conn_mark(int fd)
+{
+    if (fd < 0 || fd >= MAX_FD)
+        return;
+    uint64_t bytes = bytes_received(fd);
+    pthread_mutex_lock(&g_mu);
+    g_by_fd[fd].mark_ms = now_ms();
+    g_by_fd[fd].mark_bytes = bytes;
+    pthread_mutex_unlock(&g_mu);
+}
+
+int server_conn_since_mark(int fd, int64_t *ms, uint64_t *bytes)
+{
+    if (fd < 0 || fd >= MAX_FD)
+        return -1;
+    uint64_t got = bytes_received(fd);
+    pthread_mutex_lock(&g_mu);
+    *ms = now_ms() - g_by_fd[fd].mark_ms;
+    *bytes = got > g_by_fd[fd].mark_bytes ? got - g_by_fd[fd].mark_bytes : 0;
+    pthread_mutex_unlock(&g_mu);
+    return 0;
 }

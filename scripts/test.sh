@@ -2,7 +2,9 @@
 # The whole test suite, from a fresh Debian 12 machine: installs what it needs, builds, starts a
 # throwaway PostgreSQL and Redis on 127.0.0.1 (free ports, a temporary directory), runs every
 # test with ctest, then again under AddressSanitizer + UndefinedBehaviorSanitizer, and stops the
-# servers it started. Set RELAY_SKIP_SANITIZE=1 to skip the sanitizer pass.
+# servers it started. Then the concurrency-heavy tests under ThreadSanitizer and a short run of
+# every fuzz target (scripts/fuzz-smoke.sh). RELAY_SKIP_SANITIZE=1 skips the sanitizer passes
+# (ASan and TSan), RELAY_SKIP_FUZZ=1 the fuzz runs; FUZZ_SECONDS sets each target's run (20).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -38,11 +40,12 @@ done
 export RELAY_TEST_REDIS_URL="redis://127.0.0.1:$REDIS_PORT"
 echo "Redis: $RELAY_TEST_REDIS_URL"
 
-run_suite() { # build dir, build type, extra cmake args...
+run_suite() { # build dir, build type, extra cmake args... ($CTEST_ARGS: which tests, default all)
   local dir=$1 type=$2; shift 2
   cmake -S . -B "$dir" -DCMAKE_BUILD_TYPE="$type" "$@" >/dev/null
   cmake --build "$dir" -j"$(nproc)"
-  ctest --test-dir "$dir" --output-on-failure --timeout 900
+  # shellcheck disable=SC2086
+  ctest --test-dir "$dir" --output-on-failure --timeout 900 ${CTEST_ARGS:-}
 }
 
 # The optimised build is the one the quick start makes (and -O2 brings warnings -O0 hides).
@@ -52,4 +55,18 @@ if [[ "${RELAY_SKIP_SANITIZE:-0}" != "1" ]]; then
   echo "== tests (ASan + UBSan build) =="
   ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
     run_suite build-asan Debug -DRELAY_SANITIZE=address,undefined -DRELAY_BUILD_BENCH=OFF
+fi
+if [[ "${RELAY_SKIP_SANITIZE:-0}" != "1" ]]; then
+  # The suites where threads meet: limits and keys under contention, the bcrypt burst, the
+  # login race, and the server under concurrent streams (docs/testing.md#threadsanitizer).
+  echo "== concurrency tests (ThreadSanitizer build) =="
+  CTEST_ARGS="-R ^(unit\.test_(limits|limits_redis|auth)|(sqlite|pg)\.test_keys|e2e\.test_(concurrency|key_burst))$" \
+    TSAN_OPTIONS="halt_on_error=1:second_deadlock_stack=1:suppressions=$ROOT/tests/tsan.supp" \
+    RELAY_TEST_WORKER_THREADS=64 RELAY_TEST_HEALTH_TIMEOUT=120 \
+    run_suite build-tsan RelWithDebInfo -DRELAY_SANITIZE=thread -DRELAY_BUILD_BENCH=OFF \
+    -DRELAY_BUILD_EXAMPLES=OFF
+fi
+if [[ "${RELAY_SKIP_FUZZ:-0}" != "1" ]]; then
+  echo "== fuzz smoke runs (${FUZZ_SECONDS:-20} s each) =="
+  bash scripts/fuzz-smoke.sh
 fi

@@ -29,7 +29,7 @@ from fake_upstream import FakeUpstream  # noqa: F401  (re-exported for tests)
 
 SKIP_EXIT = 77
 HEALTH_TIMEOUT = float(os.environ.get("RELAY_TEST_HEALTH_TIMEOUT", "30"))
-STOP_TIMEOUT = 15.0
+STOP_TIMEOUT = float(os.environ.get("RELAY_TEST_STOP_TIMEOUT", "15"))
 # Variables passed from the test runner's environment to relay-server; everything else is
 # dropped so a developer's own DATABASE_URL or UPSTREAM_API_KEY cannot leak into a test.
 PASS_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "TZ", "LD_LIBRARY_PATH", "ASAN_OPTIONS",
@@ -408,7 +408,8 @@ class RelayServer:
         self._lines = {"stderr": [], "stdout": []}
         self._cond = threading.Condition()
         self._readers = []
-        self.proxy_keys = []  # keys made by create_key(): secrets for assert_no_secrets()
+        self.proxy_keys = []  # keys handed out (create, rotate): secrets for assert_no_secrets()
+        self.answer_leaks = []  # answers that carried a secret (see _watch)
 
     @property
     def url(self):
@@ -422,6 +423,7 @@ class RelayServer:
         """Every secret this server was given or handed out, for assert_no_secrets()."""
         names = ("UPSTREAM_API_KEY", "ADMIN_PASSWORD", "SECRET_KEY")
         vals = [self.env[n] for n in names if self.env.get(n)]
+        vals += config_secrets(self.env.get("RELAY_CONFIG"))
         for n in ("DATABASE_URL", "REDIS_URL"):  # only the password part of a URL is secret
             pw = urlsplit(self.env.get(n) or "").password
             if pw:
@@ -446,6 +448,7 @@ class RelayServer:
 
     def _start_once(self, wait, timeout):
         os.makedirs(self.data_dir, exist_ok=True)
+        self._cap_workers()
         self.proc = subprocess.Popen([self.binary] + self.args, env=self.env, cwd=self.workdir,
                                      stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                      stderr=subprocess.PIPE)
@@ -456,6 +459,29 @@ class RelayServer:
         if wait:
             self.wait_healthy(timeout)
         return self
+
+    def _cap_workers(self):
+        """RELAY_TEST_WORKER_THREADS=N (the ThreadSanitizer and valgrind runs): a server whose
+        configuration does not choose server.worker_threads gets N instead of the default 2,500,
+        whose start alone takes minutes under those tools."""
+        n = os.environ.get("RELAY_TEST_WORKER_THREADS")
+        path = self.env.get("RELAY_CONFIG") or os.path.join(self.workdir, "config.yaml")
+        try:
+            with open(path) as f:
+                text = f.read()
+        except OSError:
+            text = ""
+        if not n or "worker_threads" in text:
+            return
+        line = "  worker_threads: %d\n" % int(n)
+        if re.search(r"^server:[ \t]*$", text, re.M):
+            text = re.sub(r"^server:[ \t]*\n", lambda m: m.group(0) + line, text, 1, re.M)
+        else:
+            text += "\nserver:\n" + line
+        capped = os.path.join(self.workdir, "config-workers.yaml")
+        with open(capped, "w") as f:
+            f.write(text)
+        self.env["RELAY_CONFIG"] = capped
 
     def _read(self, name, pipe):
         echo = os.environ.get("RELAY_TEST_VERBOSE")
@@ -575,16 +601,46 @@ class RelayServer:
         values = list(self.secrets()) + list(extra)
         found = ["stderr line %d" % n for n in find_secrets(self.stderr_lines(), values)]
         found += ["stdout line %d" % n for n in find_secrets(self.stdout_lines(), values)]
+        found += ["the " + a for a in self.answer_leaks]
         if found:
             raise AssertionError("a secret appears in the output of relay-server on port %d at %s"
                                  % (self.port, ", ".join(found)))
 
+    def assert_no_sanitizer_report(self):
+        """Raise AssertionError if a sanitizer reported on stderr (a race or leak at shutdown
+        leaves the tests passing otherwise)."""
+        marks = ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "WARNING: ThreadSanitizer",
+                 "runtime error:")
+        hits = [i + 1 for i, line in enumerate(self.stderr_lines()) if any(m in line for m in marks)]
+        if hits:
+            raise AssertionError("relay-server on port %d: sanitizer report at stderr line %d:\n%s"
+                                 % (self.port, hits[0], "\n".join(self.stderr_lines()[hits[0] - 1:
+                                                                                  hits[0] + 20])))
+
     # ---- HTTP ------------------------------------------------------------------------------
     def request(self, method, path, body=None, headers=None, timeout=30.0):
-        return request(self.port, method, path, body, headers, timeout)
+        return self._watch(request(self.port, method, path, body, headers, timeout), method, path)
 
     def json_request(self, method, path, body=None, headers=None, timeout=30.0):
-        return json_request(self.port, method, path, body, headers, timeout)
+        st, js, r = json_request(self.port, method, path, body, headers, timeout)
+        self._watch(r, method, path)
+        return st, js, r
+
+    def _watch(self, r, method, path):
+        """Every answer read through this server: a proxy key it hands out (create, rotate) is
+        remembered as a secret; any other secret in an answer is a leak, reported by
+        assert_no_secrets()."""
+        body = r.body.decode("utf-8", "replace")
+        try:
+            js = json.loads(body) if body.startswith("{") else None
+        except ValueError:
+            js = None
+        given = js.get("api_key") if isinstance(js, dict) else None
+        if isinstance(given, str) and given:
+            self.proxy_keys.append(given)
+        if find_secrets([body.replace(given, "") if given else body], self.secrets()):
+            self.answer_leaks.append("%d answer to %s %s" % (r.status, method, path.split("?")[0]))
+        return r
 
     def stream(self, method, path, body=None, headers=None, timeout=30.0):
         return Stream(self.port, method, path, body, headers, timeout)
@@ -610,6 +666,18 @@ class RelayServer:
             raise AssertionError("key creation failed: %d %r" % (st, r.body[:300]))
         self.proxy_keys.append(js["api_key"])
         return js["api_key"], js
+
+
+def config_secrets(path):
+    """The api_key / password / token values written in a config.yaml (upstream keys above all),
+    so a test server given its keys by file is checked like one given them by environment."""
+    try:
+        with open(path or "") as f:
+            text = f.read()
+    except OSError:
+        return []
+    pat = r"^\s*-?\s*(?:api_key|password|token|secret_key)\s*:\s*[\"']?([^\"'\s#]+)"
+    return [v for v in re.findall(pat, text, re.M) if not v.startswith("${")]
 
 
 def find_secrets(lines, secret_values):
@@ -851,9 +919,15 @@ class RelayTestCase(unittest.TestCase):
     def _cleanup_class(cls):
         errors = []
         for s in cls._servers:
+            if s.proc and s.proc.poll() is None:  # metric labels are checked for secrets too
+                try:
+                    s.request("GET", "/metrics", timeout=10)
+                except OSError:
+                    pass
             s.stop()
             try:
                 s.assert_no_secrets()
+                s.assert_no_sanitizer_report()
             except AssertionError as e:
                 errors.append(str(e))
             s.cleanup()

@@ -19,7 +19,8 @@
 #define IAT_SKEW_S         60 /* tolerated clock difference between relay processes */
 #define LOGIN_FAIL_MSG     "invalid username or password"
 
-/* Failed logins of one client address. */
+/* Failed logins of one client address, or of the admin username (ip "u:<name>": an address
+ * never starts with 'u', see safe_ip). */
 typedef struct fail_entry {
     char ip[64];
     int count;
@@ -289,9 +290,13 @@ static fail_entry_t *fail_entry(struct relay_auth_state *st, const char *ip, int
     return e;
 }
 
-static int max_failures(relay_t *r)
+#define USER_KEY_PREFIX "u:"
+
+static int max_failures(relay_t *r, const char *key)
 {
-    return r->opts.login_max_failures > 0 ? r->opts.login_max_failures : 1;
+    int n = strncmp(key, USER_KEY_PREFIX, 2) == 0 ? r->opts.login_max_failures_per_user
+                                                  : r->opts.login_max_failures;
+    return n > 0 ? n : 1;
 }
 
 /* Failures of e that still count: none after a served cool-down or once the window is over. */
@@ -318,7 +323,7 @@ static int64_t attempt_begin(relay_t *r, const char *ip)
         left = 1; /* the table is all attempts in flight */
     else if (e->locked_until > now)
         left = e->locked_until - now;
-    else if (live_failures(r, e, now) + e->in_flight >= max_failures(r))
+    else if (live_failures(r, e, now) + e->in_flight >= max_failures(r, ip))
         left = 1; /* the attempts in flight may lock ip out: known within a bcrypt */
     if (e && !left) {
         e->in_flight++;
@@ -365,15 +370,23 @@ static int record_failure(relay_t *r, const char *ip)
     e->count++;
     e->last_seen = now;
     count = e->count;
-    if (e->count >= max_failures(r)) {
+    if (e->count >= max_failures(r, ip)) {
         e->locked_until = now + r->opts.login_cooldown_s;
         locked = 1;
     }
     pthread_mutex_unlock(&st->mu);
+    /* One line per failed attempt (the address's); the username's count speaks only when it
+     * locks the username. */
     char fields[160];
-    snprintf(fields, sizeof fields, "{\"client_ip\":\"%.64s\",\"failures\":%d}", ip, count);
-    relay_log(r, RELAY_LOG_WARN, locked ? "auth.login_locked" : "auth.login_failed", fields,
-              locked ? "admin login failed; client locked out" : "admin login failed");
+    int user = strncmp(ip, USER_KEY_PREFIX, 2) == 0;
+    snprintf(fields, sizeof fields, "{\"%s\":\"%.64s\",\"failures\":%d}",
+             user ? "username" : "client_ip", user ? ip + 2 : ip, count);
+    if (user && locked)
+        relay_log(r, RELAY_LOG_WARN, "auth.login_user_locked", fields,
+                  "admin username locked out (failed logins from any address)");
+    else if (!user)
+        relay_log(r, RELAY_LOG_WARN, locked ? "auth.login_locked" : "auth.login_failed", fields,
+                  locked ? "admin login failed; client locked out" : "admin login failed");
     return locked;
 }
 
@@ -392,6 +405,29 @@ static void clear_failures(relay_t *r, const char *ip)
         *e = st->fails[--st->nfails];
     }
     pthread_mutex_unlock(&st->mu);
+}
+
+/* Ends an attempt with the credential check's outcome: < 0 the store failed, 0 wrong, 1 right. */
+static void finish_attempt(relay_t *r, const char *key, int outcome)
+{
+    if (outcome < 0)
+        attempt_end(r, key);
+    else if (outcome == 0)
+        record_failure(r, key);
+    else
+        clear_failures(r, key);
+}
+
+/* The per-user lockout key of username: only the configured admin name (the one user there is)
+ * is counted, so made-up names cannot fill the table. 1 when counted. */
+static int user_key(relay_t *r, const char *username, char out[64])
+{
+    const char *admin = r->opts.admin_username ? r->opts.admin_username : "admin";
+    if (r->opts.login_max_failures_per_user <= 0 || !username || strlen(admin) > 60 ||
+        !relay_ct_streq(username, admin))
+        return 0;
+    snprintf(out, 64, "%s%s", USER_KEY_PREFIX, admin);
+    return 1;
 }
 
 /* Client addresses go into the log's JSON by hand: keep only characters an address can have. */
@@ -434,23 +470,23 @@ int relay_auth_login(relay_t *r, const char *username, const char *password, con
     int rc = secret_missing(r, err);
     if (rc)
         return rc;
-    char ip[64];
+    char ip[64], user[64] = "";
     safe_ip(client_ip, ip);
     int64_t left = attempt_begin(r, ip);
+    if (left == 0 && user_key(r, username, user) && (left = attempt_begin(r, user)) > 0)
+        attempt_end(r, ip);
     if (left > 0)
         return relay_error_set(err, RELAY_ERR_LOGIN_LOCKED,
                                "too many failed login attempts; try again in %lld seconds",
                                (long long)left);
     rc = credentials_ok(r, username, password, err);
-    if (rc < 0) {
-        attempt_end(r, ip);
+    finish_attempt(r, ip, rc);
+    if (user[0])
+        finish_attempt(r, user, rc);
+    if (rc < 0)
         return rc;
-    }
-    if (rc == 0) {
-        record_failure(r, ip);
+    if (rc == 0)
         return relay_error_set(err, RELAY_ERR_AUTH, LOGIN_FAIL_MSG);
-    }
-    clear_failures(r, ip);
     int life = r->opts.jwt_lifetime_s > 0 ? r->opts.jwt_lifetime_s : 1800;
     rc = relay_auth_issue_token(r, r->opts.admin_username ? r->opts.admin_username : "admin", life,
                                 token_out, err);

@@ -1421,6 +1421,9 @@ static const field_t SERVER[] = {
      .max = 1024LL * 1024 * 1024},
     LIST("trusted_proxies", trusted_proxies, check_ip_or_cidr),
     INT("shutdown_grace_seconds", shutdown_grace_s, 0, 3600),
+    INT("header_timeout_ms", header_timeout_ms, 100, 3600000),
+    {.key = "max_header_size", .fn = f_bytes, .off = OFF(max_header_bytes), .min = 4096,
+     .max = 1024 * 1024},
     BOOL("forward_event_logging", forward_event_logging),
     STR("data_dir", relay.data_dir, NULL),
     END,
@@ -1493,6 +1496,7 @@ static const field_t ADMIN[] = {
     INT("login_max_failures", relay.login_max_failures, 1, INT_MAX),
     INT("login_window_seconds", relay.login_window_s, 1, INT_MAX),
     INT("login_cooldown_seconds", relay.login_cooldown_s, 1, INT_MAX),
+    INT("login_max_failures_per_user", relay.login_max_failures_per_user, 0, INT_MAX),
     END,
 };
 
@@ -1506,6 +1510,7 @@ static const field_t API_KEYS[] = {
     INT("bcrypt_concurrency", relay.bcrypt_concurrency, 0, 1024),
     INT("verify_wait_ms", relay.key_verify_wait_ms, 1, 600000),
     INT("cache_stale_ms", relay.key_cache_stale_ms, 0, 86400000),
+    INT("max_invalid_per_ip", relay.key_max_invalid_per_ip, 0, 1000000),
     {.key = "default_tier", .fn = f_default_tier, .off = OFF(relay.default_tier),
      .check = check_tier_name},
     END,
@@ -1985,6 +1990,8 @@ static int set_defaults(relay_config_t *c)
     relay_strlcpy(c->listen, "127.0.0.1:8000", sizeof c->listen);
     c->worker_threads = RELAY_DEFAULT_WORKER_THREADS;
     c->shutdown_grace_s = 30;
+    c->header_timeout_ms = 30000;
+    c->max_header_bytes = 65536;
     relay_strlcpy(c->log_level, "info", sizeof c->log_level);
     relay_strlcpy(c->log_format, "json", sizeof c->log_format);
     c->metrics_enabled = 1;

@@ -19,6 +19,7 @@
 #include "relay/budgets.h"
 #include "relay/tiers.h"
 #include "relay/upstreams.h"
+#include "keys_guard.h"
 #include "keys_internal.h"
 #include "maintenance_internal.h"
 #include "util.h"
@@ -84,6 +85,7 @@ struct relay_keys_state {
     atomic_uint_fast64_t refuted, stale_hits;
     int stale_ms; /* key_cache_stale_ms */
     atomic_uint_fast64_t bcrypt_running, bcrypt_max_parallel;
+    keys_guard_t *guard; /* unknown ids and per-address throttling (keys_guard.c) */
 };
 
 /* ---- cache (all under st->mu) ---- */
@@ -219,6 +221,11 @@ void relay_keys_stats(relay_t *r, relay_keys_stats_t *out)
     out->refuted_by_cache = atomic_load(&st->refuted);
     out->bcrypt_running = atomic_load(&st->bcrypt_running);
     out->bcrypt_max_parallel = atomic_load(&st->bcrypt_max_parallel);
+    keys_guard_stats_t gs;
+    relay_keys_guard_stats(st->guard, &gs);
+    out->unknown_id_hits = gs.unknown_hits;
+    out->throttled = gs.throttled;
+    out->throttle_blocks = gs.blocks;
     pthread_mutex_lock(&st->mu);
     out->cache_entries = st->count;
     out->verify_waiting = st->waiting;
@@ -261,6 +268,13 @@ int relay_keys_start(relay_t *r, relay_error_t *err)
         long n = sysconf(_SC_NPROCESSORS_ONLN);
         st->slots_max = n > 0 ? (n < 1024 ? (int)n : 1024) : 1;
     }
+    st->guard = relay_keys_guard_new(r->opts.key_max_invalid_per_ip);
+    if (!st->guard) {
+        free(st->buckets);
+        free(st->pbuckets);
+        free(st);
+        return relay_error_set(err, RELAY_ERR_NOMEM, "out of memory");
+    }
     pthread_mutex_init(&st->mu, NULL);
     r->keys = st;
     return 0;
@@ -274,6 +288,7 @@ void relay_keys_stop(relay_t *r)
     while (st->oldest)
         cache_remove(st, st->oldest);
     pthread_mutex_destroy(&st->mu);
+    relay_keys_guard_free(st->guard);
     free(st->buckets);
     free(st->pbuckets);
     free(st);
@@ -619,6 +634,7 @@ int relay_keys_create(relay_t *r, const relay_key_params_t *p, char *key_out, si
         relay_key_record_clear(&rec);
         return rc;
     }
+    relay_keys_guard_forget(r->keys->guard, rec.key_prefix);
     return finish_out(&rec, rec_out);
 }
 
@@ -804,6 +820,7 @@ int relay_keys_rotate(relay_t *r, const char *id, char *key_out, size_t cap,
         relay_key_record_clear(&rec);
         return rc;
     }
+    relay_keys_guard_forget(r->keys->guard, rec.key_prefix);
     return finish_out(&rec, rec_out);
 }
 
@@ -1034,6 +1051,8 @@ static int lead(relay_t *r, const uint8_t d[32], const char *prefix, const char 
     int rc = relay_store_key_get_by_prefix(r->store, prefix, rec);
     if (rc && rc != RELAY_ERR_NOT_FOUND) /* only writes (usage, probe) say it is back */
         relay_db_note(r, 0, "reading an API key failed", NULL);
+    if (rc == RELAY_ERR_NOT_FOUND)
+        relay_keys_guard_note_unknown(st->guard, prefix);
     if (rc == RELAY_ERR_NOT_FOUND || (rc == 0 && rec->is_deleted))
         rc = RELAY_ERR_AUTH;
     else if (rc) {
@@ -1092,7 +1111,8 @@ static void flight_finish(relay_t *r, flight_t *f, uint64_t gen, int rc,
  * digest, else our own. 0 with rec filled when the secret is proven; *how says what it cost.
  */
 static int verify_digest(relay_t *r, const uint8_t d[32], const char *prefix, const char *secret,
-                         relay_key_record_t *rec, const char **how)
+                         const char *ip, int *retry_after, relay_key_record_t *rec,
+                         const char **how)
 {
     struct relay_keys_state *st = r->keys;
     char stale_hash[128] = "";
@@ -1105,6 +1125,12 @@ static int verify_digest(relay_t *r, const uint8_t d[32], const char *prefix, co
             relay_maintenance_wake(r);
         *how = "cached";
         return 0;
+    }
+    /* Past the cache, a key costs the database or bcrypt: a guessing address pays nothing. */
+    if ((*retry_after = relay_keys_guard_blocked(st->guard, ip)) > 0 ||
+        relay_keys_guard_is_unknown(st->guard, prefix)) {
+        pthread_mutex_unlock(&st->mu);
+        return *retry_after > 0 ? RELAY_ERR_RATE_LIMITED : RELAY_ERR_AUTH;
     }
     flight_t *f = flight_find(st, d);
     if (f) {
@@ -1131,8 +1157,11 @@ static double elapsed_s(const struct timespec *t0)
 }
 
 /* The error a verification ends with; a wait that ran out reads like a wrong key. */
-static int verify_error(struct relay_keys_state *st, int rc, relay_error_t *err)
+static int verify_error(struct relay_keys_state *st, int rc, int retry_after, relay_error_t *err)
 {
+    if (rc == RELAY_ERR_RATE_LIMITED)
+        return relay_error_set(
+            err, rc, "too many invalid API keys from this address; try again in %d s", retry_after);
     if (rc == RELAY_ERR_OVERLOADED)
         atomic_fetch_add(&st->timeouts, 1);
     if (rc == RELAY_ERR_AUTH || rc == RELAY_ERR_OVERLOADED)
@@ -1147,7 +1176,14 @@ static int verify_error(struct relay_keys_state *st, int rc, relay_error_t *err)
 int relay_keys_verify(relay_t *r, const char *presented_key, relay_key_record_t *rec_out,
                       relay_error_t *err)
 {
+    return relay_keys_verify_client(r, presented_key, NULL, NULL, rec_out, err);
+}
+
+int relay_keys_verify_client(relay_t *r, const char *presented_key, const char *client_ip,
+                             int *retry_after_s, relay_key_record_t *rec_out, relay_error_t *err)
+{
     struct relay_keys_state *st = r->keys;
+    int retry_after = 0;
     struct timespec t0;
     clock_gettime(CLOCK_MONOTONIC, &t0);
     char prefix[64];
@@ -1166,10 +1202,14 @@ int relay_keys_verify(relay_t *r, const char *presented_key, relay_key_record_t 
     if (parse_key(r, presented_key, prefix, &secret) == 0) {
         uint8_t d[32];
         relay_sha256(presented_key, strlen(presented_key), d);
-        rc = verify_digest(r, d, prefix, secret, &rec, &how);
+        rc = verify_digest(r, d, prefix, secret, client_ip, &retry_after, &rec, &how);
     }
+    if (rc == RELAY_ERR_AUTH)
+        relay_keys_guard_note_failure(st->guard, client_ip);
+    if (retry_after_s)
+        *retry_after_s = retry_after;
     if (rc) {
-        rc = verify_error(st, rc, err);
+        rc = verify_error(st, rc, retry_after, err);
         how = "failed";
     } else {
         rc = check_state(&rec, rec_out, err);

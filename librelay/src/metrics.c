@@ -59,7 +59,8 @@ typedef struct relay_families {
     relay_metric_t *spool_bytes, *spool_full, *spool_errors, *spool_replayed, *duplicates, *db_up;
     relay_metric_t *written, *unknown_model, *budget_ratio, *cache_hits, *bcrypt, *redis_up,
         *build_info;
-    relay_metric_t *key_verify, *key_waiting, *key_timeouts, *cost, *redis_configured;
+    relay_metric_t *key_verify, *key_waiting, *key_timeouts, *key_unknown, *key_throttled, *cost,
+        *redis_configured;
     relay_metric_t *up_requests, *up_up, *up_in_flight, *up_failovers, *up_cooldowns;
 } relay_families_t;
 
@@ -568,6 +569,12 @@ static const fam_def_t FAMILIES[] = {
         -1, 0, NULL, 0),
     FAM(redis_configured, "relay_redis_configured", "1 when a Redis URL is configured.",
         RELAY_METRIC_GAUGE, NULL, 0, -1, 0, NULL, 0),
+    FAM(key_unknown, "relay_key_unknown_id_refused_total",
+        "Keys refused from memory: their public id was unknown to the store within 60 s.",
+        RELAY_METRIC_COUNTER, NULL, 0, -1, 0, NULL, 0),
+    FAM(key_throttled, "relay_key_guessing_throttled_total",
+        "Keys refused with 429: their client address sent 20 invalid keys within 60 s.",
+        RELAY_METRIC_COUNTER, NULL, 0, -1, 0, NULL, 0),
     FAM(redis_up, "relay_redis_up", "1 when the shared Redis limiter is reachable.",
         RELAY_METRIC_GAUGE, NULL, 0, -1, 0, NULL, 0),
     FAM(up_requests, "relay_upstream_requests_total",
@@ -814,6 +821,8 @@ static void refresh(relay_t *r)
     relay_metrics_set(fam->key_waiting, NULL, (double)ks.verify_waiting);
     relay_metrics_set(fam->key_timeouts, NULL, (double)ks.verify_timeouts);
     refresh_upstreams(r, fam);
+    relay_metrics_set(fam->key_unknown, NULL, (double)ks.unknown_id_hits);
+    relay_metrics_set(fam->key_throttled, NULL, (double)ks.throttled);
 }
 
 void relay_metrics_observe_key_verify(relay_t *r, const char *result, double seconds)

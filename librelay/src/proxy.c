@@ -47,13 +47,15 @@ static void sink_write_response(const relay_sink_t *sink, const relay_http_respo
         *gone = 1;
 }
 
-static int refuse(const relay_sink_t *sink, relay_proxy_result_t *res, int code, const char *msg,
-                  const char *reason, const relay_admission_t *adm)
+static int refuse_after(const relay_sink_t *sink, relay_proxy_result_t *res, int code,
+                        const char *msg, const char *reason, const relay_admission_t *adm,
+                        int retry_after_s)
 {
     relay_http_response_t resp = {0};
     relay_http_response_error(&resp, code, msg);
     if (adm)
         relay_limits_refusal_headers(adm, code, &resp);
+    relay_http_retry_after(&resp, retry_after_s);
     int gone = 0;
     sink_write_response(sink, &resp, &gone);
     res->status = resp.status;
@@ -61,6 +63,12 @@ static int refuse(const relay_sink_t *sink, relay_proxy_result_t *res, int code,
     relay_strlcpy(res->refusal_reason, reason, sizeof res->refusal_reason);
     relay_http_response_clear(&resp);
     return gone ? RELAY_ERR_CLIENT_GONE : 0;
+}
+
+static int refuse(const relay_sink_t *sink, relay_proxy_result_t *res, int code, const char *msg,
+                  const char *reason, const relay_admission_t *adm)
+{
+    return refuse_after(sink, res, code, msg, reason, adm, 0);
 }
 
 /* Bodies the relay reads: every billed call (for its reservation and model check) and
@@ -149,11 +157,12 @@ int relay_proxy(relay_t *r, const relay_http_request_t *req, const relay_sink_t 
     }
     relay_key_record_t key = {0};
     relay_error_t err = {0};
-    int rc = relay_keys_verify(r, presented, &key, &err);
+    int retry_after = 0;
+    int rc = relay_keys_verify_client(r, presented, req->client_ip, &retry_after, &key, &err);
     explicit_bzero(keybuf, sizeof keybuf);
     if (rc) {
-        rc_auth =
-            refuse(sink, res, rc, err.message, rc == RELAY_ERR_STORE ? "store" : "auth", NULL);
+        rc_auth = refuse_after(sink, res, rc, err.message, rc == RELAY_ERR_STORE ? "store" : "auth",
+                               NULL, retry_after);
         relay_metrics_observe_request(r, req, &key, res, 0, 0, NULL);
         return rc_auth;
     }

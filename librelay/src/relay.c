@@ -131,6 +131,7 @@ void relay_options_init(relay_options_t *o)
     o->key_cache_max = 10000;
     o->bcrypt_concurrency = 0;
     o->key_verify_wait_ms = 10000;
+    o->key_max_invalid_per_ip = 20;
     o->key_cache_stale_ms = 300000;
     o->default_tier = "basic";
     o->admin_username = "admin";
@@ -138,6 +139,7 @@ void relay_options_init(relay_options_t *o)
     o->login_max_failures = 5;
     o->login_window_s = 300;
     o->login_cooldown_s = 300;
+    o->login_max_failures_per_user = 20;
     o->reservation_ceiling = 16384;
     o->weight_input = o->weight_output = o->weight_cache_creation = o->weight_cache_read = 1.0;
     o->usage_queue_max = 100000;

@@ -332,6 +332,8 @@ static int js_delta(jscan_t *s, const char **tb, const char **te)
 /* 1 when data was a content_block_delta of the usual shape and its text was kept. */
 static int fast_delta(relay_sse_t *p, const char *data, size_t len)
 {
+    if (len == 0)
+        return 0; /* (data may then be NULL: no pointer arithmetic on it) */
     jscan_t s = {data, data + len};
     const char *tb = NULL, *te = NULL;
     int have_delta = 0;

@@ -577,10 +577,12 @@ int relay_user_handle(relay_t *r, const relay_http_request_t *req, relay_http_re
     }
     relay_key_record_t key = {0};
     relay_error_t err = {0};
-    int rc = relay_keys_verify(r, presented, &key, &err);
+    int retry_after = 0;
+    int rc = relay_keys_verify_client(r, presented, req->client_ip, &retry_after, &key, &err);
     explicit_bzero(keybuf, sizeof keybuf);
     if (rc) {
         fail(&c, rc, err.message);
+        relay_http_retry_after(resp, retry_after);
         return 0;
     }
     run_view(&c, view, &key);

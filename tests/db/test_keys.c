@@ -73,6 +73,18 @@ static int verify(relay_t *r, const char *key, relay_error_t *err)
     return rc;
 }
 
+/* A well-formed key with a random public id (unknown to the store). */
+static void made_up_key(char out[RELAY_KEY_MAX])
+{
+    uint8_t rnd[32];
+    char sec[64], pub[32];
+    relay_random_bytes(rnd, sizeof rnd);
+    relay_base64url(rnd, 32, sec);
+    relay_random_bytes(rnd, 9);
+    relay_hex(rnd, 6, pub);
+    snprintf(out, RELAY_KEY_MAX, "sk-proxy-%s_%s", pub, sec);
+}
+
 /* ---- tests ---- */
 
 static void test_create_format_and_record(void **state)
@@ -153,13 +165,7 @@ static void test_unknown_and_malformed_cost_no_bcrypt(void **state)
     /* Well-formed keys with random public ids: refused by lookup, nothing hashed. */
     for (int i = 0; i < 100; i++) {
         char fake[RELAY_KEY_MAX];
-        uint8_t rnd[32];
-        char sec[64], pub[32];
-        relay_random_bytes(rnd, sizeof rnd);
-        relay_base64url(rnd, 32, sec);
-        relay_random_bytes(rnd, 9);
-        relay_hex(rnd, 6, pub);
-        snprintf(fake, sizeof fake, "sk-proxy-%s_%s", pub, sec);
+        made_up_key(fake);
         assert_int_equal(verify(r, fake, &err), RELAY_ERR_AUTH);
         relay_strlcpy(msg_unknown, err.message, sizeof msg_unknown);
     }
@@ -1055,6 +1061,75 @@ static void test_unknown_keys_do_not_keep_a_key_out_of_the_cache(void **state)
     relay_free(r);
 }
 
+static relay_keys_stats_t key_stats(relay_t *r)
+{
+    relay_keys_stats_t s;
+    relay_keys_stats(r, &s);
+    return s;
+}
+
+static void test_unknown_id_looked_up_once(void **state)
+{
+    (void)state;
+    relay_t *r = new_relay();
+    char fake[RELAY_KEY_MAX], other[RELAY_KEY_MAX];
+    made_up_key(fake);
+    relay_error_t err = {0};
+    uint64_t lookups0 = key_stats(r).store_lookups;
+    for (int i = 0; i < 10; i++) /* no address: never throttled */
+        assert_int_equal(verify(r, fake, &err), RELAY_ERR_AUTH);
+    /* The same public id with other secrets is still the same unknown id. */
+    memcpy(other, fake, sizeof other);
+    other[strlen(other) - 1] = other[strlen(other) - 1] == 'A' ? 'B' : 'A';
+    assert_int_equal(verify(r, other, &err), RELAY_ERR_AUTH);
+    relay_keys_stats_t s = key_stats(r);
+    assert_int_equal(s.store_lookups, lookups0 + 1);
+    assert_int_equal(s.unknown_id_hits, 10);
+    assert_int_equal(s.bcrypt_calls, 0);
+    assert_string_equal(err.message, "invalid API key"); /* the same words as any refusal */
+    relay_free(r);
+}
+
+static void test_guessing_address_throttled(void **state)
+{
+    (void)state;
+    relay_t *r = new_relay();
+    char good[RELAY_KEY_MAX], fresh[RELAY_KEY_MAX], fake[RELAY_KEY_MAX];
+    relay_key_record_t rec, rec2, out;
+    create_key(r, "cached", good, &rec);
+    create_key(r, "fresh", fresh, &rec2);
+    relay_error_t err = {0};
+    int retry = 0;
+    const char *ip = "192.0.2.7";
+    assert_int_equal(relay_keys_verify_client(r, good, ip, &retry, &out, &err), 0);
+    relay_key_record_clear(&out);
+    for (int i = 0; i < 20; i++) { /* the default key_max_invalid_per_ip */
+        made_up_key(fake);
+        assert_int_equal(relay_keys_verify_client(r, fake, ip, &retry, NULL, &err), RELAY_ERR_AUTH);
+    }
+    uint64_t lookups = key_stats(r).store_lookups;
+    made_up_key(fake);
+    assert_int_equal(relay_keys_verify_client(r, fake, ip, &retry, NULL, &err),
+                     RELAY_ERR_RATE_LIMITED);
+    assert_true(retry >= 59 && retry <= 60);
+    assert_non_null(strstr(err.message, "too many invalid API keys"));
+    /* A key that would need the store is refused too, without a lookup ... */
+    assert_int_equal(relay_keys_verify_client(r, fresh, ip, &retry, NULL, &err),
+                     RELAY_ERR_RATE_LIMITED);
+    assert_int_equal(key_stats(r).store_lookups, lookups);
+    /* ... but the cached key still passes, and another address is not affected. */
+    assert_int_equal(relay_keys_verify_client(r, good, ip, &retry, &out, &err), 0);
+    relay_key_record_clear(&out);
+    assert_int_equal(relay_keys_verify_client(r, fresh, "192.0.2.8", &retry, &out, &err), 0);
+    relay_key_record_clear(&out);
+    relay_keys_stats_t s = key_stats(r);
+    assert_int_equal(s.throttled, 2);
+    assert_int_equal(s.throttle_blocks, 1);
+    relay_key_record_clear(&rec);
+    relay_key_record_clear(&rec2);
+    relay_free(r);
+}
+
 static void test_tiers(void **state)
 {
     (void)state;
@@ -1139,6 +1214,8 @@ int main(int argc, char **argv)
         T(test_burst_distinct_keys_bounded),
         T(test_burst_wait_is_bounded),
         T(test_unknown_keys_do_not_keep_a_key_out_of_the_cache),
+        T(test_unknown_id_looked_up_once),
+        T(test_guessing_address_throttled),
         T(test_tiers),
     };
     return cmocka_run_group_tests_name(testdb_backend(), tests, NULL, NULL);

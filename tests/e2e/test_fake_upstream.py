@@ -498,6 +498,11 @@ class H(http.server.BaseHTTPRequestHandler):
                            "env": {k: os.environ.get(k) for k in (
                                "DATABASE_URL", "RELAY_DATA_DIR", "UPSTREAM_API_URL", "X_EXTRA")}
                            }).encode()
+        if self.path == "/give":  # hands out a proxy key, as POST /admin/api-keys does
+            body = json.dumps({"api_key": "sk-proxy-handed-out-0123456789"}).encode()
+        if self.path == "/echo-given" or (mode == "leak_answer" and self.path == "/x"):
+            body = json.dumps({"oops": "sk-proxy-handed-out-0123456789" if self.path ==
+                               "/echo-given" else os.environ.get("UPSTREAM_API_KEY")}).encode()
         self.send_response(200); self.send_header("content-length", str(len(body)))
         self.end_headers(); self.wfile.write(body)
         log(level="info", msg="request", path=self.path)
@@ -580,6 +585,36 @@ class HarnessHelpers(unittest.TestCase):
             s.assert_no_secrets()
         self.assertIn("stderr line", str(cm.exception))
         self.assertNotIn("sk-ant-secret-upstream-value", str(cm.exception))
+
+    def test_secret_in_an_answer_is_caught(self):
+        # An answer carrying the upstream key is a leak; a proxy key handed out is remembered
+        # and a later answer carrying it is a leak too.
+        s = self.server("leak_answer")
+        s.start(timeout=15)
+        s.request("GET", "/health")
+        s.assert_no_secrets()
+        s.json_request("GET", "/give")
+        self.assertIn("sk-proxy-handed-out-0123456789", s.proxy_keys)
+        s.assert_no_secrets()  # the answer that hands a key out is not a leak
+        s.request("GET", "/x")
+        with self.assertRaises(AssertionError) as cm:
+            s.assert_no_secrets()
+        self.assertIn("answer to GET /x", str(cm.exception))
+        self.assertNotIn("sk-ant-secret-upstream-value", str(cm.exception))
+        s.answer_leaks.clear()
+        s.request("GET", "/echo-given")
+        self.assertRaises(AssertionError, s.assert_no_secrets)
+
+    def test_secrets_of_a_config_file(self):
+        path = os.path.join(self.tmp, "config.yaml")
+        with open(path, "w") as f:
+            f.write("upstream:\n  primary:\n    api_key: \"sk-ant-from-the-config-file\"\n"
+                    "  pool:\n    - name: b\n      api_key: sk-ant-second-upstream-key  # x\n"
+                    "    - api_key: \"${UPSTREAM_API_KEY}\"\n")
+        s = self.server(RELAY_CONFIG=path)
+        self.assertIn("sk-ant-from-the-config-file", s.secrets())
+        self.assertIn("sk-ant-second-upstream-key", s.secrets())
+        self.assertFalse(any(v.startswith("${") for v in s.secrets()))
 
     def test_wait_for_log_times_out(self):
         s = self.server()

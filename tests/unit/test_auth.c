@@ -289,6 +289,21 @@ static void *guesser_main(void *arg)
     return NULL;
 }
 
+/* A relay on a fresh data directory (dir: a mkdtemp template) with the known admin password
+ * and o's other settings (o from relay_options_init). */
+static relay_t *login_relay(char *dir, relay_options_t *o)
+{
+    assert_non_null(mkdtemp(dir));
+    o->data_dir = dir;
+    o->secret_key = SECRET;
+    o->admin_password = "the-right-password";
+    relay_t *r = NULL;
+    relay_error_t err = {0};
+    if (relay_new(&r, o, &err) != 0)
+        fail_msg("relay_new: %s", err.message);
+    return r;
+}
+
 /*
  * 20 wrong guesses from one address at once, with login_max_failures 5: the lockout check and the
  * count of attempts in flight are one step, so exactly 5 reach bcrypt and the other 15 get 429.
@@ -298,22 +313,16 @@ static void test_parallel_logins_cannot_outrun_lockout(void **state)
 {
     (void)state;
     char dir[64] = "/tmp/relay-auth-XXXXXX";
-    assert_non_null(mkdtemp(dir));
     relay_options_t o;
     relay_options_init(&o);
-    o.data_dir = dir;
-    o.secret_key = SECRET;
-    o.admin_password = "the-right-password";
     o.bcrypt_cost = 10; /* tens of ms a check: all 20 threads arrive while the first runs */
     o.login_max_failures = 5;
     o.login_window_s = 300;
     o.login_cooldown_s = 300;
     o.log_fn = count_failure_logs;
     o.log_level = RELAY_LOG_DEBUG;
-    relay_t *r = NULL;
+    relay_t *r = login_relay(dir, &o);
     relay_error_t err = {0};
-    if (relay_new(&r, &o, &err) != 0)
-        fail_msg("relay_new: %s", err.message);
     enum { T = 20 };
     pthread_t th[T];
     guesser_t g[T];
@@ -345,6 +354,67 @@ static void test_parallel_logins_cannot_outrun_lockout(void **state)
     nftw(dir, rm_entry, 8, FTW_DEPTH | FTW_PHYS);
 }
 
+/* One wrong guess for user from each of n addresses; then the right password from a fresh one. */
+static int guesses_then_login(relay_t *r, const char *user, int n)
+{
+    char *tok = NULL, ip[32];
+    int exp;
+    relay_error_t err = {0};
+    for (int i = 0; i < n; i++) {
+        snprintf(ip, sizeof ip, "198.51.100.%d", i + 1);
+        assert_int_equal(relay_auth_login(r, user, "guess", ip, &tok, &exp, &err), RELAY_ERR_AUTH);
+    }
+    int rc = relay_auth_login(r, "admin", "the-right-password", "198.51.100.200", &tok, &exp, &err);
+    if (rc == RELAY_ERR_LOGIN_LOCKED)
+        assert_non_null(strstr(err.message, "try again in"));
+    relay_free_string(tok);
+    return rc;
+}
+
+/* Guesses from many addresses never trigger the per-address lockout; the per-user one does, and
+ * then even the right password from a fresh address is refused. Only the admin name counts. */
+static void test_lockout_per_user_across_addresses(void **state)
+{
+    (void)state;
+    char dir[64] = "/tmp/relay-auth-XXXXXX";
+    relay_options_t o;
+    relay_options_init(&o);
+    o.bcrypt_cost = 4;
+    o.login_max_failures_per_user = 6;
+    relay_t *r = login_relay(dir, &o);
+    assert_int_equal(guesses_then_login(r, "root", 10), 0); /* other names: per address only */
+    assert_int_equal(guesses_then_login(r, "admin", 6), RELAY_ERR_LOGIN_LOCKED);
+    relay_free(r);
+    nftw(dir, rm_entry, 8, FTW_DEPTH | FTW_PHYS);
+    strcpy(dir, "/tmp/relay-auth-XXXXXX");
+    o.login_max_failures_per_user = 0; /* off */
+    r = login_relay(dir, &o);
+    assert_int_equal(guesses_then_login(r, "admin", 30), 0);
+    relay_free(r);
+    nftw(dir, rm_entry, 8, FTW_DEPTH | FTW_PHYS);
+}
+
+/* Tokens claiming an asymmetric algorithm (key confusion), or HS256 spelt otherwise, are refused
+ * before any signature check. */
+static void test_asymmetric_alg_refused(void **state)
+{
+    (void)state;
+    long now = (long)relay_now();
+    relay_error_t err = {0};
+    char payload[128];
+    snprintf(payload, sizeof payload, "{\"sub\":\"admin\",\"iat\":%ld,\"exp\":%ld}", now,
+             now + 600);
+    const char *headers[] = {"{\"alg\":\"RS256\",\"typ\":\"JWT\"}", "{\"alg\":\"ES256\"}",
+                             "{\"alg\":\"hs256\"}", "{\"alg\":[\"HS256\"]}"};
+    for (size_t i = 0; i < sizeof headers / sizeof headers[0]; i++) {
+        char *h = b64url_str(headers[i]), *p = b64url_str(payload), t[512];
+        snprintf(t, sizeof t, "%s.%s.c2lnbmF0dXJl", h, p);
+        assert_int_equal(verify(t, &err), RELAY_ERR_AUTH);
+        free(h);
+        free(p);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -358,6 +428,8 @@ int main(void)
         cmocka_unit_test_setup(test_parse_basic, setup),
         cmocka_unit_test_setup(test_password_hash, setup),
         cmocka_unit_test(test_parallel_logins_cannot_outrun_lockout),
+        cmocka_unit_test(test_lockout_per_user_across_addresses),
+        cmocka_unit_test_setup(test_asymmetric_alg_refused, setup),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

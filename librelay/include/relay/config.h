@@ -41,10 +41,12 @@ typedef struct relay_config {
     relay_options_t relay; /* librelay's options; defaults from relay_options_init */
 
     /* server.* (and app.host / app.port of the original relay) */
-    char listen[128];                       /* "127.0.0.1:8000"; "[::1]:8000" form for IPv6 */
-    int worker_threads;                     /* RELAY_DEFAULT_WORKER_THREADS */
-    int shutdown_grace_s;                   /* 30 */
-    int forward_event_logging;              /* 0: POST /api/event_logging/... answers 200 locally */
+    char listen[128];          /* "127.0.0.1:8000"; "[::1]:8000" form for IPv6 */
+    int worker_threads;        /* RELAY_DEFAULT_WORKER_THREADS */
+    int shutdown_grace_s;      /* 30 */
+    int header_timeout_ms;     /* 30000: request line and headers must arrive within this */
+    size_t max_header_bytes;   /* 65536: request line and headers together, else 431 */
+    int forward_event_logging; /* 0: POST /api/event_logging/... answers 200 locally */
     relay_config_strlist_t trusted_proxies; /* IPs / CIDRs whose X-Forwarded-For is believed */
 
     /* logging.* / LOG_LEVEL */

@@ -50,6 +50,17 @@ RELAY_API const char *relay_http_header(const relay_http_request_t *req, const c
 /* Value of a query parameter (URL-decoded into buf). 1 when present, 0 when absent. */
 RELAY_API int relay_http_query_param(const relay_http_request_t *req, const char *name, char *buf,
                                      size_t cap);
+/*
+ * Refuses a request whose framing two HTTP parsers could read differently (request smuggling,
+ * RFC 9112 sections 6.1 and 6.3): Content-Length together with Transfer-Encoding, two different
+ * Content-Length values or one that is not a plain number, Transfer-Encoding other than one
+ * "chunked" (or any on HTTP/1.0), a field name that is not a token, and CR, LF, NUL or another
+ * control character (tab aside) in a value. http_version: "1.1", "1.0" (NULL: 1.1).
+ * Returns 0, or RELAY_ERR_INVALID with a static English reason in *why. The host must answer
+ * 400 and close the connection, since where this request ends is not known. Thread-safe.
+ */
+RELAY_API int relay_http_check_framing(const relay_http_request_t *req, const char *http_version,
+                                       const char **why);
 /* Sets status and takes ownership of body (a malloc'd JSON string; NULL: empty body). */
 RELAY_API void relay_http_response_set(relay_http_response_t *resp, int status, char *body);
 /* Sets the Anthropic error JSON for code and message (relay_error_json) as the response. */
@@ -59,6 +70,8 @@ RELAY_API void relay_http_response_error(relay_http_response_t *resp, int code,
  */
 RELAY_API void relay_http_response_add_header(relay_http_response_t *resp, const char *name,
                                               const char *value);
+/* Adds retry-after: seconds when seconds > 0; else nothing. */
+RELAY_API void relay_http_retry_after(relay_http_response_t *resp, int seconds);
 RELAY_API void relay_http_response_clear(relay_http_response_t *resp);
 
 /*

@@ -140,6 +140,18 @@ RELAY_API int relay_keys_verify(relay_t *r, const char *presented_key, relay_key
                                 relay_error_t *err);
 
 /*
+ * relay_keys_verify for a request from client_ip (NULL: no address), with guessing made cheap
+ * and slow: a public id the store did not know is refused from memory for 60 s (no database
+ * lookup, no bcrypt), and key_max_invalid_per_ip invalid keys from one address within 60 s
+ * block it for 60 s:
+ * RELAY_ERR_RATE_LIMITED with *retry_after_s (may be NULL) set, for every key not already in
+ * the verified cache. Same threading and blocking as relay_keys_verify.
+ */
+RELAY_API int relay_keys_verify_client(relay_t *r, const char *presented_key, const char *client_ip,
+                                       int *retry_after_s, relay_key_record_t *rec_out,
+                                       relay_error_t *err);
+
+/*
  * Makes every cache entry of key id in this relay_t stale, so the next verify re-reads the record
  * (other modules that change a key in the store call it).
  */
@@ -166,6 +178,9 @@ typedef struct relay_keys_stats {
     size_t verify_waiting;     /* now: waiting for a bcrypt slot or for a concurrent verification */
     int bcrypt_slots;          /* the bound in force (bcrypt_concurrency, or the CPUs for 0) */
     uint64_t cache_stale_hits; /* answered from an entry past its TTL while it is re-read */
+    uint64_t unknown_id_hits;  /* refused from memory: the public id was unknown within 60 s */
+    uint64_t throttled;        /* refused RELAY_ERR_RATE_LIMITED: the client address is blocked */
+    uint64_t throttle_blocks;  /* addresses blocked for guessing keys */
 } relay_keys_stats_t;
 
 /* Fills out. Thread-safe; takes the cache lock briefly. */

@@ -181,17 +181,22 @@ typedef struct relay_options {
     int key_cache_stale_ms;      /* 300000: past its TTL a cached key is still served this long
                                     while the maintenance thread re-reads it (0: never; the
                                     request re-reads it itself) */
+    int key_max_invalid_per_ip;  /* 20: invalid keys from one address within 60 s before it is
+                                    blocked for 60 s (keys not in the cache get 429); 0: never */
     const char *default_tier;    /* "basic" */
 
     /* admin (config.yaml admin.*, env ADMIN_USERNAME/ADMIN_PASSWORD/SECRET_KEY) */
     const char *admin_username; /* "admin" */
     const char
         *admin_password; /* NULL: keep the stored hash (the server generates one at first start) */
-    const char *secret_key; /* JWT signing key; required for admin login */
-    int jwt_lifetime_s;     /* 1800 */
-    int login_max_failures; /* 5 failures per client IP within login_window_s ... */
-    int login_window_s;     /* 300 */
-    int login_cooldown_s;   /* 300: ... then 429 for this long */
+    const char *secret_key;          /* JWT signing key; required for admin login */
+    int jwt_lifetime_s;              /* 1800 */
+    int login_max_failures;          /* 5 failures per client IP within login_window_s ... */
+    int login_window_s;              /* 300 */
+    int login_cooldown_s;            /* 300: ... then 429 for this long */
+    int login_max_failures_per_user; /* 20 failures for the admin username within
+                                        login_window_s, from any addresses, lock the username
+                                        for login_cooldown_s (0: no per-user lockout) */
 
     /* rate-limit tiers: the initial set, persisted on first start (config.yaml rate_limit.by_tier)
      */
