@@ -1,4 +1,5 @@
-/* test_http_framing: relay_http_check_framing, the request-smuggling check every host runs first. */
+/* test_http_framing: relay_http_check_framing, the request-smuggling check every host runs first.
+ */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
