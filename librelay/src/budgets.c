@@ -338,10 +338,7 @@ static void roll(const struct relay_budgets *bs, budget_t *b, int64_t now)
 
 static size_t bucket_of(const char *id)
 {
-    uint64_t h = 1469598103934665603ULL;
-    for (; *id; id++)
-        h = (h ^ (uint8_t)*id) * 1099511628211ULL;
-    return (size_t)(h % NBUCKETS);
+    return (size_t)(relay_hash_str(id) % NBUCKETS);
 }
 
 static bkey_t *bkey_find(struct relay_budgets *bs, const char *id)

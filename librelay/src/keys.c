@@ -107,10 +107,7 @@ static cache_entry_t *cache_find(struct relay_keys_state *st, const uint8_t d[32
 
 static size_t pbucket_of(const struct relay_keys_state *st, const char *key_prefix)
 {
-    uint64_t h = 1469598103934665603ULL; /* FNV-1a: the prefix is not secret */
-    for (const char *p = key_prefix; *p; p++)
-        h = (h ^ (unsigned char)*p) * 1099511628211ULL;
-    return (size_t)h & (st->nbuckets - 1);
+    return (size_t)relay_hash_str(key_prefix) & (st->nbuckets - 1); /* the prefix is not secret */
 }
 
 /*

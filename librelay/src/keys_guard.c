@@ -32,14 +32,6 @@ struct keys_guard {
     int max_failures;
 };
 
-static uint32_t fnv(const char *s)
-{
-    uint32_t h = 2166136261u;
-    for (; *s; s++)
-        h = (h ^ (unsigned char)*s) * 16777619u;
-    return h;
-}
-
 keys_guard_t *relay_keys_guard_new(int max_failures)
 {
     keys_guard_t *g = calloc(1, sizeof *g);
@@ -64,7 +56,7 @@ void relay_keys_guard_free(keys_guard_t *g)
 
 static int *id_link(keys_guard_t *g, const char *prefix, int *found)
 {
-    int *pp = &g->id_bucket[fnv(prefix) & (ID_BUCKETS - 1)];
+    int *pp = &g->id_bucket[relay_hash_str(prefix) & (ID_BUCKETS - 1)];
     while (*pp >= 0 && strcmp(g->ids[*pp].prefix, prefix) != 0)
         pp = &g->ids[*pp].next;
     *found = *pp;
@@ -128,7 +120,7 @@ void relay_keys_guard_forget(keys_guard_t *g, const char *prefix)
 
 static ip_slot_t *ip_slot(keys_guard_t *g, const char *ip)
 {
-    return &g->ips[fnv(ip) & (IP_SLOTS - 1)];
+    return &g->ips[relay_hash_str(ip) & (IP_SLOTS - 1)];
 }
 
 int relay_keys_guard_blocked(keys_guard_t *g, const char *ip)

@@ -39,14 +39,6 @@ struct relay_limits_state {
     relay_limits_redis_t *redis;
 };
 
-static uint64_t hash_id(const char *s)
-{
-    uint64_t h = 1469598103934665603ULL; /* FNV-1a */
-    for (; *s; s++)
-        h = (h ^ (uint8_t)*s) * 1099511628211ULL;
-    return h;
-}
-
 static void entry_free(key_entry_t *e)
 {
     free(e->win);
@@ -62,7 +54,7 @@ static void table_grow(struct relay_limits_state *st)
     for (size_t i = 0; i < st->nbuckets; i++) {
         for (key_entry_t *e = st->buckets[i], *next; e; e = next) {
             next = e->next;
-            size_t j = hash_id(e->key_id) & (nb - 1);
+            size_t j = relay_hash_str(e->key_id) & (nb - 1);
             e->next = b[j];
             b[j] = e;
         }
@@ -75,7 +67,7 @@ static void table_grow(struct relay_limits_state *st)
 /* The entry of key_id, created when asked. Caller holds st->mu. NULL only when out of memory. */
 static key_entry_t *entry_get(struct relay_limits_state *st, const char *key_id, int create)
 {
-    size_t i = hash_id(key_id) & (st->nbuckets - 1);
+    size_t i = relay_hash_str(key_id) & (st->nbuckets - 1);
     for (key_entry_t *e = st->buckets[i]; e; e = e->next)
         if (strcmp(e->key_id, key_id) == 0)
             return e;

@@ -180,14 +180,6 @@ int relay_metrics_register(relay_metrics_t *m, const relay_metric_desc_t *d, rel
     return 0;
 }
 
-static uint64_t fnv1a(const char *s)
-{
-    uint64_t h = 1469598103934665603ULL;
-    for (; *s; s++)
-        h = (h ^ (unsigned char)*s) * 1099511628211ULL;
-    return h;
-}
-
 /* Joins the (truncated) label values into key (cap bytes); values too long are cut. */
 static void make_key(const relay_metric_t *f, const char *const *values, char *key, size_t cap,
                      char vals[][RELAY_METRICS_LABEL_MAX])
@@ -210,7 +202,7 @@ static series_t *lookup(relay_metric_t *f, const char *key)
 {
     if (!f->n_slots)
         return NULL;
-    for (size_t i = fnv1a(key) & (f->n_slots - 1);; i = (i + 1) & (f->n_slots - 1)) {
+    for (size_t i = relay_hash_str(key) & (f->n_slots - 1);; i = (i + 1) & (f->n_slots - 1)) {
         if (!f->slots[i])
             return NULL;
         series_t *s = &f->series[f->slots[i] - 1];
@@ -226,7 +218,7 @@ static int rehash(relay_metric_t *f)
     if (!slots)
         return RELAY_ERR_NOMEM;
     for (size_t k = 0; k < f->n_series; k++) {
-        size_t i = fnv1a(f->series[k].key) & (n - 1);
+        size_t i = relay_hash_str(f->series[k].key) & (n - 1);
         while (slots[i])
             i = (i + 1) & (n - 1);
         slots[i] = k + 1;
@@ -262,7 +254,7 @@ static series_t *insert(relay_metric_t *f, const char *key, char vals[][RELAY_ME
         return NULL;
     }
     memcpy(s->values, vals, f->n_labels * sizeof *s->values);
-    size_t i = fnv1a(key) & (f->n_slots - 1);
+    size_t i = relay_hash_str(key) & (f->n_slots - 1);
     while (f->slots[i])
         i = (i + 1) & (f->n_slots - 1);
     f->slots[i] = ++f->n_series;

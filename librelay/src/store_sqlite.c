@@ -216,14 +216,6 @@ static int bind_params(sqlite3_stmt *st, const relay_sql_val_t *params, int npar
     return SQLITE_OK;
 }
 
-static uint64_t fnv1a(const char *s)
-{
-    uint64_t h = 1469598103934665603ull;
-    for (; *s; s++)
-        h = (h ^ (unsigned char)*s) * 1099511628211ull;
-    return h;
-}
-
 static void stmts_clear(relay_store_conn_t *c)
 {
     for (int i = 0; i < STMT_CACHE; i++) {
@@ -237,7 +229,7 @@ static void stmts_clear(relay_store_conn_t *c)
  * cached statement by itself when a migration changes the schema under it. */
 static int stmt_get(relay_store_conn_t *c, const char *sql, sqlite3_stmt **out)
 {
-    uint64_t h = fnv1a(sql);
+    uint64_t h = relay_hash_str(sql);
     stmt_slot_t *victim = &c->stmts[0];
     for (int i = 0; i < STMT_CACHE; i++) {
         stmt_slot_t *e = &c->stmts[i];

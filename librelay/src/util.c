@@ -348,3 +348,11 @@ int relay_base64_decode(const char *in, size_t n, uint8_t *out, size_t cap, size
     *out_len = o;
     return 0;
 }
+
+uint64_t relay_hash_str(const char *s)
+{
+    uint64_t h = 1469598103934665603ULL;
+    for (; *s; s++)
+        h = (h ^ (unsigned char)*s) * 1099511628211ULL;
+    return h;
+}

@@ -53,4 +53,7 @@ char *relay_strlcpy(char *dst, const char *src, size_t cap);
 /* strdup that accepts NULL (returns NULL). */
 char *relay_strdup0(const char *s);
 
+/* FNV-1a of a NUL-terminated string: for hash tables of non-secret ids, not for secrets. */
+uint64_t relay_hash_str(const char *s);
+
 #endif
