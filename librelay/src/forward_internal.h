@@ -25,8 +25,12 @@ struct relay_xfer {
     int (*check)(void *ud, int64_t now); /* nonzero: abort the transfer (deadlines) */
     void (*on_client_gone)(void *ud);    /* a direct write failed */
     pthread_mutex_t mu;
-    pthread_cond_t cv;
+    /* The worker sleeps on this futex word (not a condition variable): a notifier changes state
+     * under mu, bumps gen and wakes only after unlocking, so the worker never wakes straight into
+     * a mutex its waker still holds (forward_loop.c, "Why a futex"). */
+    uint32_t gen;
     /* under mu */
+    int waiting; /* the worker is asleep on gen (or about to be) */
     int done;
     CURLcode cc;
     int head_ready, head_taken; /* the I/O thread has a head for the worker; the worker took it */
@@ -51,6 +55,9 @@ int relay_loop_start(relay_loop_t **out, long max_idle_conns);
 void relay_loop_stop(relay_loop_t *l);
 void relay_xfer_init(relay_xfer_t *x);
 void relay_xfer_free(relay_xfer_t *x);
+/* Worker, with x->mu held: sleeps until the I/O thread changes something (or spuriously); mu is
+ * held again on return. */
+void relay_xfer_wait(relay_xfer_t *x);
 /* Before each attempt (worker, not while submitted). */
 void relay_xfer_reset(relay_xfer_t *x);
 /* Worker: hands x (with x->h set up) to the I/O thread. -1 when the loop is stopping. */
@@ -72,6 +79,8 @@ void relay_forward_stop(relay_t *r);
 void relay_forward_write_error(const relay_sink_t *sink, int head_sent, int is_sse, int code,
                                const char *msg, int *client_gone);
 void relay_forward_count_retry(relay_t *r);
+/* Does a JSON body say "stream": true (a quick scan, not a parse)? */
+int relay_forward_body_asks_stream(const char *body, size_t len);
 /* Is req a call the upstream bills (a Messages or legacy Complete request)? */
 int relay_forward_is_billable(const relay_http_request_t *req);
 /* Upstream retries made since start. */
