@@ -46,6 +46,10 @@ struct relay_forward_state {
     pthread_mutex_t pool_mu;
     pooled_t *pool; /* a stack: the top was used last */
     size_t n_pool, cap_pool;
+    /* Handles run on the calling thread (curl_easy_perform) keep their upstream connection
+     * inside themselves, not in a loop's cache: they have a stack of their own. */
+    pooled_t *ipool;
+    size_t n_ipool, cap_ipool;
     uint64_t retries;  /* atomic */
     int shutting_down; /* atomic: relay_forward_shutdown was called */
 };
@@ -112,7 +116,10 @@ void relay_forward_stop(relay_t *r)
         relay_loop_stop(f->loops[i]);
     for (size_t i = 0; i < f->n_pool; i++)
         curl_easy_cleanup(f->pool[i].h);
+    for (size_t i = 0; i < f->n_ipool; i++)
+        curl_easy_cleanup(f->ipool[i].h);
     free(f->pool);
+    free(f->ipool);
     pthread_mutex_destroy(&f->pool_mu);
     free(f);
     r->forward = NULL;
@@ -120,12 +127,25 @@ void relay_forward_stop(relay_t *r)
     r->tokenizer = NULL;
 }
 
-static CURL *easy_get(struct relay_forward_state *f)
+/* One of the two stacks of handles: run on a loop (0) or on the calling thread (1). */
+typedef struct {
+    pooled_t **items;
+    size_t *n, *cap;
+} handle_stack_t;
+
+static handle_stack_t stack_of(struct relay_forward_state *f, int inline_xfer)
+{
+    return inline_xfer ? (handle_stack_t){&f->ipool, &f->n_ipool, &f->cap_ipool}
+                       : (handle_stack_t){&f->pool, &f->n_pool, &f->cap_pool};
+}
+
+static CURL *easy_get(struct relay_forward_state *f, int inline_xfer)
 {
     CURL *h = NULL;
+    handle_stack_t st = stack_of(f, inline_xfer);
     pthread_mutex_lock(&f->pool_mu);
-    if (f->n_pool)
-        h = f->pool[--f->n_pool].h;
+    if (*st.n)
+        h = (*st.items)[--*st.n].h;
     pthread_mutex_unlock(&f->pool_mu);
     if (h)
         curl_easy_reset(h);
@@ -136,19 +156,21 @@ static CURL *easy_get(struct relay_forward_state *f)
 
 /* Returns h to the top of the stack; a handle idle at the bottom for longer than the upstream
  * would keep its connection is closed, so a burst's handles do not hold sockets forever. */
-static void easy_put(struct relay_forward_state *f, CURL *h)
+static void easy_put(struct relay_forward_state *f, CURL *h, int inline_xfer)
 {
     CURL *stale = NULL;
     int64_t now = relay_mono_ms();
+    handle_stack_t st = stack_of(f, inline_xfer);
     pthread_mutex_lock(&f->pool_mu);
-    if (f->n_pool && now - f->pool[0].idle_since_ms > POOL_IDLE_MS) {
-        stale = f->pool[0].h;
-        memmove(f->pool, f->pool + 1, (f->n_pool - 1) * sizeof *f->pool);
-        f->n_pool--;
+    pooled_t *items = *st.items;
+    if (*st.n && now - items[0].idle_since_ms > POOL_IDLE_MS) {
+        stale = items[0].h;
+        memmove(items, items + 1, (*st.n - 1) * sizeof *items);
+        --*st.n;
     }
-    if (f->n_pool == f->cap_pool) {
-        size_t nc = f->cap_pool ? f->cap_pool * 2 : 64;
-        pooled_t *p = nc <= POOL_MAX ? realloc(f->pool, nc * sizeof *p) : NULL;
+    if (*st.n == *st.cap) {
+        size_t nc = *st.cap ? *st.cap * 2 : 64;
+        pooled_t *p = nc <= POOL_MAX ? realloc(items, nc * sizeof *p) : NULL;
         if (!p) {
             pthread_mutex_unlock(&f->pool_mu);
             curl_easy_cleanup(h);
@@ -156,10 +178,10 @@ static void easy_put(struct relay_forward_state *f, CURL *h)
                 curl_easy_cleanup(stale);
             return;
         }
-        f->pool = p;
-        f->cap_pool = nc;
+        *st.items = items = p;
+        *st.cap = nc;
     }
-    f->pool[f->n_pool++] = (pooled_t){h, now};
+    items[(*st.n)++] = (pooled_t){h, now};
     pthread_mutex_unlock(&f->pool_mu);
     if (stale)
         curl_easy_cleanup(stale);
@@ -326,6 +348,7 @@ typedef struct fwd {
     relay_buf_t spare;             /* the worker's side of the pending body (swapped, not copied) */
     int direct_fd, direct_chunked; /* the host's socket for direct writes (-1: none) */
     relay_loop_t *loop;            /* the I/O thread running the current attempt */
+    int inline_xfer;               /* the attempts run on this thread (not a stream) */
     /* the pool */
     relay_upstream_query_t q;
     relay_upstream_lease_t lease; /* the current attempt's upstream */
@@ -367,12 +390,26 @@ static void on_client_gone(void *ud)
     client_left(ud);
 }
 
-/* I/O thread: the head is decided; the worker writes it. */
+static void deliver_head(fwd_t *f);
+
+/* The head is decided: the worker writes it (at once when the transfer runs on its thread). */
 static void announce_head(fwd_t *f)
 {
     f->head_sent = 1;
     f->res->status = f->status;
-    relay_xfer_head(&f->x);
+    if (f->inline_xfer)
+        deliver_head(f);
+    else
+        relay_xfer_head(&f->x);
+}
+
+/* Body bytes for the client: written now on the worker's own transfer, else handed over. */
+static void pass_body(fwd_t *f, const char *data, size_t len)
+{
+    if (!f->inline_xfer)
+        relay_xfer_body(&f->x, data, len);
+    else if (!gone(f) && f->sink->body(f->sink->ud, data, len) != 0)
+        client_left(f);
 }
 
 /* Worker: writes the head the I/O thread announced, and asks the host for direct writes. */
@@ -544,7 +581,7 @@ static void release_held(fwd_t *f, int complete)
     if (!complete) {
         announce_head(f);
         if (f->json.len)
-            relay_xfer_body(&f->x, f->json.data, f->json.len);
+            pass_body(f, f->json.data, f->json.len);
         return;
     }
     f->head_sent = 1;
@@ -568,7 +605,7 @@ static size_t on_body(char *data, size_t size, size_t nmemb, void *ud)
         headers_complete(f);
     /* A slow client: stop reading the upstream before these bytes are used (curl hands them
      * again on resume), so what the relay holds for one client stays bounded. */
-    if (!f->hold && !gone(f) && relay_xfer_would_pause(&f->x, len))
+    if (!f->hold && !f->inline_xfer && !gone(f) && relay_xfer_would_pause(&f->x, len))
         return CURL_WRITEFUNC_PAUSE;
     if (f->status >= 200 && f->status < 300)
         f->got_2xx_body = 1;
@@ -588,7 +625,7 @@ static size_t on_body(char *data, size_t size, size_t nmemb, void *ud)
     if (f->hold)
         return len;
     if (!gone(f))
-        relay_xfer_body(&f->x, data, len);
+        pass_body(f, data, len);
     /* Without a stream to drain, a gone client ends the transfer: nothing more to bill. */
     if (gone(f) && !f->is_sse)
         return f->json_overflow ? 0 : len;
@@ -822,7 +859,7 @@ static void pump(fwd_t *f)
         } else if (x->done) {
             break;
         } else {
-            pthread_cond_wait(&x->cv, &x->mu);
+            relay_xfer_wait(x);
         }
     }
     int direct = x->direct;
@@ -856,6 +893,12 @@ static CURLcode run_attempt(fwd_t *f, CURL *h, int attempt)
     f->res->attempts = attempt + 1;
     relay_xfer_reset(&f->x);
     f->x.h = h;
+    if (f->inline_xfer) {
+        /* The callbacks write to the sink on this thread; deadlines are checked by on_progress,
+         * which curl calls at least once a second. */
+        f->x.cc = curl_easy_perform(h);
+        return f->x.cc;
+    }
     struct relay_forward_state *st = f->r->forward;
     unsigned i = __atomic_fetch_add(&st->next_loop, 1, __ATOMIC_RELAXED) % (unsigned)st->n_loops;
     f->loop = st->loops[i];
@@ -1066,12 +1109,38 @@ static int perform(fwd_t *f, CURL *h, const relay_http_request_t *req)
     return 0;
 }
 
+static size_t skip_json_ws(const char *s, size_t i, size_t len)
+{
+    while (i < len && (s[i] == ' ' || s[i] == '\t' || s[i] == '\n' || s[i] == '\r'))
+        i++;
+    return i;
+}
+
+/* Does a JSON body say "stream": true? A quick scan for relay_forward(), which has no parse of
+ * the body: a wrong answer only moves the transfer to the other kind of thread. */
+int relay_forward_body_asks_stream(const char *body, size_t len)
+{
+    static const char key[] = "\"stream\"";
+    const size_t kl = sizeof key - 1;
+    for (size_t i = 0; body && i + kl <= len; i++) {
+        if (body[i] != '"' || memcmp(body + i, key, kl) != 0 || (i && body[i - 1] == '\\'))
+            continue;
+        size_t j = skip_json_ws(body, i + kl, len);
+        if (j >= len || body[j] != ':')
+            continue;
+        j = skip_json_ws(body, j + 1, len);
+        return len - j >= 4 && memcmp(body + j, "true", 4) == 0;
+    }
+    return 0;
+}
+
 int relay_forward(relay_t *r, const relay_http_request_t *req, const relay_sink_t *sink,
                   relay_forward_result_t *res)
 {
     char session[128];
     relay_upstreams_session_of(req, NULL, session, sizeof session);
-    relay_forward_options_t fo = {.session_id = session};
+    relay_forward_options_t fo = {
+        .session_id = session, .stream = relay_forward_body_asks_stream(req->body, req->body_len)};
     return relay_forward_ex(r, req, &fo, sink, res);
 }
 
@@ -1089,7 +1158,8 @@ int relay_forward_ex(relay_t *r, const relay_http_request_t *req, const relay_fo
         write_relay_error(&f, RELAY_ERR_UNAVAILABLE, "the relay is shutting down; retry shortly");
         return res->error_code;
     }
-    CURL *h = easy_get(r->forward);
+    f.inline_xfer = !(fo && fo->stream);
+    CURL *h = easy_get(r->forward, f.inline_xfer);
     relay_buf_init(&f.hdr_store, 64 * 1024);
     relay_buf_init(&f.err_body, ERR_BODY_CAP);
     relay_buf_init(&f.json, JSON_BODY_CAP);
@@ -1104,13 +1174,13 @@ int relay_forward_ex(relay_t *r, const relay_http_request_t *req, const relay_fo
         write_relay_error(&f, RELAY_ERR_NOMEM, "out of memory");
         rc = RELAY_ERR_NOMEM;
         if (h)
-            easy_put(r->forward, h);
+            easy_put(r->forward, h, f.inline_xfer);
     } else {
         setup_easy(&f, h, req);
         rc = perform(&f, h, req);
         /* The easy handle keeps a pointer to the headers list: drop it before the list goes. */
         curl_easy_setopt(h, CURLOPT_HTTPHEADER, NULL);
-        easy_put(r->forward, h);
+        easy_put(r->forward, h, f.inline_xfer);
     }
     free_headers(f.headers);
     res->stream = f.is_sse;

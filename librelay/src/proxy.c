@@ -202,7 +202,8 @@ int relay_proxy(relay_t *r, const relay_http_request_t *req, const relay_sink_t 
     relay_upstreams_session_of(req, info.user_id, session, sizeof session);
     relay_forward_options_t fo = {.model = info.model[0] ? info.model : NULL,
                                   .session_id = session,
-                                  .upstream_group = key.upstream_group};
+                                  .upstream_group = key.upstream_group,
+                                  .stream = info.stream};
     rc = relay_forward_ex(r, req, &fo, sink, &res->fwd);
     res->status = res->fwd.status;
     relay_proxy_settle(r, req, &key, &adm, res);

@@ -266,10 +266,11 @@ class TestEdges(ProxyBase):
             r = self.relay.request("POST", "/v1/messages", body, self.hdrs())
             self.assertEqual(r.status, 200)
         self.relay.request("GET", "/v1/models", headers=self.hdrs())
-        # Seven requests one after another: each of the relay's I/O threads (one per core, the
-        # requests go round robin) opens one connection and reuses it.
+        # Seven requests one after another: the streams run on the relay's I/O threads (one per
+        # core, round robin), each of which opens one connection and reuses it; the others run
+        # on their worker with a pooled handle that keeps its own connection (one, used in turn).
         peers = {rec["peer"] for rec in self.fake.requests()}
-        self.assertLessEqual(len(peers), min(os.cpu_count() or 1, 8),
+        self.assertLessEqual(len(peers), min(os.cpu_count() or 1, 8) + 1,
                              "each request opened a new upstream connection: %s" % peers)
         self.assertLess(len(peers), 7)
 

@@ -67,6 +67,12 @@ typedef struct relay_forward_options {
     const char *model;          /* the request's model (NULL: any upstream serves it) */
     const char *session_id;     /* NULL or "": no stickiness */
     const char *upstream_group; /* NULL or "": the upstreams without a group */
+    /* The request asks for a stream ("stream": true). Its transfer then runs on the relay's I/O
+     * threads, which hold thousands at once and write each event without waking the caller;
+     * any other request runs on the calling thread, two thread hand-offs cheaper. A wrong hint
+     * costs only that: either way the answer is forwarded whole. relay_forward() reads it from
+     * the body. Since 0.2. */
+    int stream;
 } relay_forward_options_t;
 
 /*
