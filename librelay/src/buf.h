@@ -22,6 +22,9 @@ int relay_buf_append(relay_buf_t *b, const void *data, size_t len);
 int relay_buf_appends(relay_buf_t *b, const char *s);
 int relay_buf_printf(relay_buf_t *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 int relay_buf_vprintf(relay_buf_t *b, const char *fmt, va_list ap);
+/* Appends s (n bytes) as a JSON string, quotes included: ", \ and control characters escaped,
+ * valid UTF-8 as it is, any other byte as U+FFFD (so the result always parses). All or nothing. */
+int relay_buf_json_string(relay_buf_t *b, const char *s, size_t n);
 /* Drops the first n bytes. */
 void relay_buf_consume(relay_buf_t *b, size_t n);
 /* Hands the content to the caller (free with free()); the buffer is left empty. */

@@ -114,6 +114,44 @@ static void test_rows_come_back_in_order_and_whole(void **state)
     relay_spool_close(sp);
 }
 
+/* The line is written by hand, read back by jansson: every value a row can hold must survive
+ * (escapes, UTF-8, the extremes of each number), and bytes that are not UTF-8 must not cost the
+ * row (they come back as U+FFFD). */
+static void test_odd_values_round_trip(void **state)
+{
+    (void)state;
+    relay_spool_t *sp;
+    relay_error_t err = {0};
+    int e;
+    relay_usage_row_t a = row_n(1), b = row_n(2);
+    /* Every ASCII byte but NUL, in a field that comes from a client header. */
+    for (int c = 1; c < 128 && c < (int)sizeof a.user_agent; c++)
+        a.user_agent[c - 1] = (char)c;
+    snprintf(a.error_message, sizeof a.error_message, "%s",
+             "caf\xc3\xa9 \xe2\x82\xac \xf0\x9f\x98\x80 \\ \"q\" \t\r\n");
+    a.prompt_tokens = INT64_MAX;
+    a.completion_tokens = INT64_MIN;
+    a.response_status = -1;
+    a.total_cost = 1.0 / 3.0;
+    /* Not UTF-8: a lone continuation byte, a cut sequence, an overlong form, a surrogate. */
+    snprintf(b.user_agent, sizeof b.user_agent, "%s", "x\x80y\xc3z\xc0\xafw\xed\xa0\x80v");
+    assert_int_equal(relay_spool_open(&sp, dir, 1 << 20, &err), 0);
+    assert_int_equal(relay_spool_append(sp, &a, 1, &e), 0);
+    assert_int_equal(relay_spool_append(sp, &b, 2, &e), 0);
+    relay_spool_close(sp);
+
+    got_t g = {.n = 0};
+    assert_int_equal(relay_spool_open(&sp, dir, 1 << 20, &err), 0);
+    assert_int_equal(relay_spool_replay(sp, collect, &g), 2);
+    assert_memory_equal(&g.rows[0], &a, sizeof a);
+    assert_string_equal(g.rows[1].user_agent, "x\xef\xbf\xbdy\xef\xbf\xbdz\xef\xbf\xbd\xef\xbf\xbdw"
+                                              "\xef\xbf\xbd\xef\xbf\xbd\xef\xbf\xbdv");
+    assert_string_equal(g.rows[1].row_uid, b.row_uid);
+    assert_int_equal(g.rows[1].prompt_tokens, b.prompt_tokens);
+    relay_spool_written(sp, 2, 1);
+    relay_spool_close(sp);
+}
+
 static void test_second_opener_is_refused(void **state)
 {
     (void)state;
@@ -206,6 +244,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_rows_come_back_in_order_and_whole, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_odd_values_round_trip, setup, teardown),
         cmocka_unit_test_setup_teardown(test_second_opener_is_refused, setup, teardown),
         cmocka_unit_test_setup_teardown(test_bound_rotation_and_trim, setup, teardown),
         cmocka_unit_test_setup_teardown(test_file_size_limit_leaves_no_half_row, setup, teardown),
