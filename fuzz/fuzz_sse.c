@@ -6,6 +6,7 @@
 
 #include "relay/sse.h"
 #include "relay/tokens.h"
+#include "sse_internal.h"
 
 /*
  * The first byte picks the chunk size and the event cap, so splits and the oversized-event path
@@ -38,8 +39,12 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     relay_sse_free(whole);
     relay_sse_free(split);
 
-    relay_usage_t u;
-    relay_usage_parse_json(&u, (const char *)data, size);
+    /* The JSON body's fast reader must give jansson's answer on every input it accepts. */
+    relay_usage_t u, slow;
+    int rc = relay_usage_parse_json(&u, (const char *)data, size);
+    int rc_slow = relay_usage_parse_json_jansson(&slow, (const char *)data, size);
+    if (rc != rc_slow || memcmp(&u, &slow, sizeof u) != 0)
+        abort();
     relay_request_info_t info;
     relay_tokens_count_request(NULL, (const char *)data, size, &info);
     relay_tokens_count_text(NULL, (const char *)data, size);

@@ -12,6 +12,7 @@
 
 #include "buf.h"
 #include "relay/sse.h"
+#include "sse_internal.h"
 
 /* A stream as Anthropic sends it, with prompt caching (5m/1h split) and a cumulative
  * message_delta that restates the input and cache fields. */
@@ -516,6 +517,95 @@ static void test_fast_delta_agrees_with_jansson(void **state)
     assert_string_equal(t, "a\nb\"c\\d/e\tf");
 }
 
+/* The JSON body's fast reader: on every body, the same answer as jansson (via
+ * relay_usage_parse_json), and for the shapes Anthropic sends, an answer of its own. */
+static void test_fast_json_agrees_with_jansson(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *body;
+        int fast; /* the fast reader must answer this one itself */
+    } cases[] = {
+        {"{\"id\":\"msg_1\",\"type\":\"message\",\"role\":\"assistant\",\"model\":\"claude-sonnet-"
+         "4-5\","
+         "\"content\":[{\"type\":\"text\",\"text\":\"Hello \\\"there\\\" \\u00e9\\ud83d\\ude00\"}],"
+         "\"stop_reason\":\"end_turn\",\"stop_sequence\":null,\"usage\":{\"input_tokens\":12,"
+         "\"cache_creation_input_tokens\":100,\"cache_read_input_tokens\":7,\"cache_creation\":{"
+         "\"ephemeral_5m_input_tokens\":60,\"ephemeral_1h_input_tokens\":40},\"output_tokens\":9,"
+         "\"service_tier\":\"standard\"}}",
+         1},
+        {" {\n \"type\" : \"message\" , \"usage\" : { \"output_tokens\" : 0 } }\n\t", 1},
+        {"{\"type\":\"error\",\"error\":{\"type\":\"overloaded_error\",\"message\":\"Overloaded\"}"
+         "}",
+         1},
+        {"{\"type\":\"error\",\"error\":\"not an object\"}", 1},
+        {"{\"type\":\"error\"}", 1},
+        {"{}", 1},
+        {"{\"usage\":{\"input_tokens\":1},\"usage\":{\"output_tokens\":2}}", 1}, /* last wins */
+        {"{\"usage\":{\"input_tokens\":1},\"usage\":5}", 1},
+        {"{\"model\":\"a\",\"model\":7}", 1},
+        {"{\"usage\":{\"input_tokens\":-3,\"output_tokens\":1.0,\"cache_read_input_tokens\":-0}}",
+         1},
+        {"{\"usage\":{\"input_tokens\":null,\"output_tokens\":\"5\"}}", 1},
+        {"{\"usage\":{\"cache_creation\":{\"ephemeral_5m_input_tokens\":1},"
+         "\"cache_creation\":{\"ephemeral_1h_input_tokens\":2}}}",
+         1},
+        {"{\"content\":[[[{\"a\":[true,false,null,1,-2.5,0,\"x\"]}]]],\"usage\":{\"output_tokens\":"
+         "3}}",
+         1},
+        {"{\"model\":\"caf\xc3\xa9\",\"x\":\"\xe2\x82\xac\xf0\x9f\x98\x80\"}", 1},
+        {"{\"model\":\"a\\/b\\n\"}", 1},
+        {"{\"model\":\"\\u00e9\"}", 1},
+        /* Left to jansson (and answered the same through relay_usage_parse_json). */
+        {"{\"usage\":{\"input_tokens\":1e3}}", 0},
+        {"{\"usage\":{\"input_tokens\":123456789012345678901234}}", 0},
+        {"{\"model\":\"a\\u0000b\"}", 0},
+        {"{\"model\":\"\\ud800\"}", 0},
+        {"{\"model\":\"\xc0\xaf\"}", 0},
+        {"{\"model\":\"\xed\xa0\x80\"}", 0},
+        {"{\"type\":\"\\u0065rror\",\"error\":{\"type\":\"x\"}}", 0},
+        {"[1,2]", 0},
+        {"{\"a\":01}", 0},
+        {"{\"a\":1,}", 0},
+        {"{\"a\" 1}", 0},
+        {"{\"a\":tru}", 0},
+        {"{\"a\":\"x\ty\"}", 0},
+        {"{\"a\":1}x", 0},
+        {"{\"a\":-}", 0},
+        {"{\"a\":1.}", 0},
+        {"", 0},
+        {"\xef\xbb\xbf{}", 0},
+        {"[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]", 0},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        const char *b = cases[i].body;
+        size_t n = strlen(b);
+        relay_usage_t got, want, fast;
+        int rc = relay_usage_parse_json(&got, b, n);
+        int rc_want = relay_usage_parse_json_jansson(&want, b, n);
+        if (rc != rc_want || memcmp(&got, &want, sizeof got) != 0)
+            fail_msg("case %zu: the fast reader disagrees with jansson: %s", i, b);
+        memset(&fast, 0, sizeof fast);
+        if (relay_usage_parse_json_fast(&fast, b, n) != cases[i].fast)
+            fail_msg("case %zu: fast reader %s: %s", i, cases[i].fast ? "declined" : "answered", b);
+    }
+    /* A deep document, and a long text the fast reader passes over. */
+    char deep[200], big[70000];
+    memset(deep, '[', 100);
+    memset(deep + 100, ']', 100);
+    relay_usage_t a, b;
+    assert_int_equal(relay_usage_parse_json_fast(&a, deep, sizeof deep), 0);
+    int off = snprintf(big, sizeof big, "{\"content\":[{\"type\":\"text\",\"text\":\"");
+    for (int i = 0; i < 60000; i++)
+        big[off++] = "ab c"[i % 4];
+    off += snprintf(big + off, sizeof big - (size_t)off, "\"}],\"usage\":{\"output_tokens\":42}}");
+    memset(&a, 0, sizeof a);
+    assert_int_equal(relay_usage_parse_json_fast(&a, big, (size_t)off), 1);
+    assert_int_equal(a.output_tokens, 42);
+    assert_int_equal(relay_usage_parse_json_jansson(&b, big, (size_t)off), 0);
+    assert_memory_equal(&a, &b, sizeof a);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -535,6 +625,7 @@ int main(void)
         cmocka_unit_test(test_json_error_body),
         cmocka_unit_test(test_json_malformed),
         cmocka_unit_test(test_fast_delta_agrees_with_jansson),
+        cmocka_unit_test(test_fast_json_agrees_with_jansson),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
