@@ -66,9 +66,11 @@ int testdb_init(int argc, char **argv, const char *suite)
 int testdb_setup(void **state)
 {
     (void)state;
+    /* A directory of its own for every test and both backends: the relay's data directory (the
+     * usage spool and its lock) must not be ./data, which the suites running at once share. */
+    snprintf(g_dir, sizeof g_dir, "/tmp/relay-test-%s-XXXXXX", g_suite);
+    assert_non_null(mkdtemp(g_dir));
     if (testdb_is_sqlite()) {
-        snprintf(g_dir, sizeof g_dir, "/tmp/relay-test-%s-XXXXXX", g_suite);
-        assert_non_null(mkdtemp(g_dir));
         snprintf(g_url, sizeof g_url, "%s/relay.db", g_dir);
         return 0;
     }
@@ -86,13 +88,14 @@ int testdb_setup(void **state)
 int testdb_teardown(void **state)
 {
     (void)state;
+    int rc = testrelay_rm_tree(g_dir);
     if (testdb_is_sqlite())
-        return testrelay_rm_tree(g_dir);
+        return rc;
     char sql[160];
     /* FORCE ends sessions a test left open (e.g. a relay_t it failed before freeing). */
     snprintf(sql, sizeof sql, "DROP DATABASE IF EXISTS \"%s\" WITH (FORCE)", g_pgname);
     pg_exec(sql);
-    return 0;
+    return rc;
 }
 
 const char *testdb_backend(void)
@@ -119,6 +122,7 @@ void testdb_options(relay_options_t *o)
 {
     relay_options_init(o);
     o->database_url = g_url;
+    o->data_dir = g_dir;
     o->auto_migrate = 1;
     o->bcrypt_cost = 4;
 }
