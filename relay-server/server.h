@@ -55,8 +55,8 @@ void server_request_free(server_request_t *req);
 typedef struct server_out {
     char *data;
     size_t len, cap;
-    int failed; /* out of memory or past the cap: nothing is sent */
-    char inline_buf[4096];
+    int failed;            /* out of memory or past the cap: nothing is sent */
+    char inline_buf[2048]; /* most heads; two of these sit on a streaming worker's stack */
 } server_out_t;
 void server_out_init(server_out_t *o);
 void server_out_free(server_out_t *o);

@@ -26,9 +26,10 @@ struct relay_xfer {
     void (*on_client_gone)(void *ud);    /* a direct write failed */
     pthread_mutex_t mu;
     /* The worker sleeps on this futex word (not a condition variable): a notifier changes state
-     * under mu, bumps gen and wakes only after unlocking, so the worker never wakes straight into
-     * a mutex its waker still holds (forward_loop.c, "Why a futex"). */
-    uint32_t gen;
+     * under mu, bumps it and wakes only after unlocking, so the worker never wakes straight into
+     * a mutex its waker still holds (forward_loop.c, "Why a futex"). The word is the worker
+     * thread's own, so it outlives the transfer that a last wake may arrive after. */
+    uint32_t *gen;
     /* under mu */
     int waiting; /* the worker is asleep on gen (or about to be) */
     int done;

@@ -59,12 +59,15 @@ struct relay_loop {
  * still held by the I/O thread and slept again on it, and the I/O thread's unlock had to wake it
  * a second time: three futex calls and two extra context switches per request (strace of one
  * non-streaming request; perf at c=32: a quarter of the relay's samples under futex_wake, most
- * from finish() and pump()). Now the notifier changes the state under mu, bumps gen, unlocks,
- * and only then wakes the worker, and only when it is asleep. The last wake of a transfer may
- * reach the word after the worker has seen done and moved on: FUTEX_WAKE reads no memory, and a
- * stray wake of whatever sleeps at that address later is a spurious wake-up, which every sleeper
- * on gen (the loop in xfer_wait) tolerates. The data itself still passes under mu.
+ * from finish() and pump()). Now the notifier changes the state under mu, bumps the worker's
+ * word, unlocks, and only then wakes the worker, and only when it is asleep. The last wake of a
+ * transfer may come after the worker has seen done and freed the transfer: the word is therefore
+ * the worker thread's own (thread-local, alive as long as the thread), and such a late wake is
+ * a spurious wake-up of its next wait, which the loop around relay_xfer_wait tolerates. The data
+ * itself still passes under mu.
  */
+static __thread uint32_t worker_word;
+
 static void futex_wake_one(uint32_t *word)
 {
     syscall(SYS_futex, word, FUTEX_WAKE_PRIVATE, 1, NULL, NULL, 0);
@@ -73,7 +76,7 @@ static void futex_wake_one(uint32_t *word)
 /* Under mu: marks a change for the worker; returns whether it must be woken (after unlocking). */
 static int xfer_changed(relay_xfer_t *x)
 {
-    __atomic_add_fetch(&x->gen, 1, __ATOMIC_SEQ_CST);
+    __atomic_add_fetch(x->gen, 1, __ATOMIC_SEQ_CST);
     return x->waiting;
 }
 
@@ -82,6 +85,7 @@ void relay_xfer_init(relay_xfer_t *x)
 {
     memset(x, 0, sizeof *x);
     pthread_mutex_init(&x->mu, NULL);
+    x->gen = &worker_word; /* relay_xfer_init runs on the worker */
     relay_buf_init(&x->pending, PENDING_HARD_CAP);
     x->client_fd = -1;
 }
@@ -94,11 +98,11 @@ void relay_xfer_free(relay_xfer_t *x)
 
 void relay_xfer_wait(relay_xfer_t *x)
 {
-    uint32_t g = __atomic_load_n(&x->gen, __ATOMIC_SEQ_CST);
+    uint32_t g = __atomic_load_n(x->gen, __ATOMIC_SEQ_CST);
     x->waiting = 1;
     pthread_mutex_unlock(&x->mu);
     /* Returns at once if gen moved since it was read (EAGAIN), else at the notifier's wake. */
-    syscall(SYS_futex, &x->gen, FUTEX_WAIT_PRIVATE, g, NULL, NULL, 0);
+    syscall(SYS_futex, x->gen, FUTEX_WAIT_PRIVATE, g, NULL, NULL, 0);
     pthread_mutex_lock(&x->mu);
     x->waiting = 0;
 }
@@ -151,7 +155,7 @@ void relay_xfer_head(relay_xfer_t *x)
     int wake = xfer_changed(x);
     pthread_mutex_unlock(&x->mu);
     if (wake)
-        futex_wake_one(&x->gen);
+        futex_wake_one(x->gen);
 }
 
 static void watch_client(relay_loop_t *l, relay_xfer_t *x, int on)
@@ -264,7 +268,7 @@ void relay_xfer_body(relay_xfer_t *x, const char *data, size_t len)
     }
     pthread_mutex_unlock(&x->mu);
     if (wake)
-        futex_wake_one(&x->gen);
+        futex_wake_one(x->gen);
     if (gone)
         x->on_client_gone(x->ud);
 }
@@ -293,7 +297,7 @@ static void finish(relay_loop_t *l, relay_xfer_t *x, CURLcode cc)
     x->cc = cc;
     x->done = 1;
     int wake = xfer_changed(x);
-    uint32_t *word = &x->gen;
+    uint32_t *word = x->gen;
     pthread_mutex_unlock(&x->mu);
     if (wake)
         futex_wake_one(word);
