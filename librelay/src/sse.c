@@ -183,25 +183,6 @@ static int js_char(jscan_t *s, char c)
     return 0;
 }
 
-/* A string; [*b, *e) is its body, still escaped. */
-static int js_string(jscan_t *s, const char **b, const char **e)
-{
-    if (!js_char(s, '"'))
-        return 0;
-    *b = s->p;
-    while (s->p < s->end) {
-        unsigned char c = (unsigned char)*s->p;
-        if (c == '"') {
-            *e = s->p++;
-            return 1;
-        }
-        if (c < 0x20)
-            return 0;
-        s->p += c == '\\' ? 2 : 1;
-    }
-    return 0;
-}
-
 static int js_is(const char *b, const char *e, const char *lit)
 {
     size_t n = strlen(lit);
@@ -258,6 +239,69 @@ static int hex4(const char *p, unsigned *v)
     return 1;
 }
 
+/* A string, checked the way jansson would (escapes, UTF-8, no control characters); [*b, *e) is
+ * its body, still escaped. Anything jansson would refuse is refused. */
+static int js_string_checked(jscan_t *s, const char **b, const char **e)
+{
+    if (!js_char(s, '"'))
+        return 0;
+    *b = s->p;
+    while (s->p < s->end) {
+        unsigned char c = (unsigned char)*s->p;
+        if (c == '"') {
+            *e = s->p++;
+            return 1;
+        }
+        if (c < 0x20)
+            return 0;
+        if (c == '\\') {
+            if (s->end - s->p < 2)
+                return 0;
+            char x = s->p[1];
+            if (x && strchr("\"\\/bfnrt", x)) {
+                s->p += 2;
+                continue;
+            }
+            unsigned cp, lo;
+            if (x != 'u' || s->end - s->p < 6 || !hex4(s->p + 2, &cp) || cp == 0)
+                return 0;
+            s->p += 6;
+            if (cp >= 0xD800 && cp < 0xDC00) {
+                if (s->end - s->p < 6 || s->p[0] != '\\' || s->p[1] != 'u' ||
+                    !hex4(s->p + 2, &lo) || lo < 0xDC00 || lo > 0xDFFF)
+                    return 0;
+                s->p += 6;
+            } else if (cp >= 0xDC00 && cp < 0xE000) {
+                return 0;
+            }
+            continue;
+        }
+        if (c < 0x80) {
+            s->p++;
+            continue;
+        }
+        /* UTF-8: no overlong form, no surrogate, nothing past U+10FFFF. */
+        size_t n = c >= 0xC2 && c <= 0xDF   ? 2
+                   : c >= 0xE0 && c <= 0xEF ? 3
+                   : c >= 0xF0 && c <= 0xF4 ? 4
+                                            : 0;
+        if (!n || (size_t)(s->end - s->p) < n)
+            return 0;
+        unsigned cp = c & (0x7F >> n);
+        for (size_t i = 1; i < n; i++) {
+            unsigned char k = (unsigned char)s->p[i];
+            if ((k & 0xC0) != 0x80)
+                return 0;
+            cp = cp << 6 | (k & 0x3F);
+        }
+        if ((n == 3 && cp < 0x800) || (n == 4 && (cp < 0x10000 || cp > 0x10FFFF)) ||
+            (cp >= 0xD800 && cp <= 0xDFFF))
+            return 0;
+        s->p += n;
+    }
+    return 0;
+}
+
 /* Unescapes [b, e) into out (cap bytes); the length, or -1 for anything unusual. */
 static long js_unescape(const char *b, const char *e, char *out, size_t cap)
 {
@@ -307,7 +351,7 @@ static int js_delta(jscan_t *s, const char **tb, const char **te)
         return 0;
     do {
         const char *kb, *ke, *b, *e;
-        if (!js_string(s, &kb, &ke) || !js_char(s, ':') || !js_string(s, &b, &e))
+        if (!js_string_checked(s, &kb, &ke) || !js_char(s, ':') || !js_string_checked(s, &b, &e))
             return 0;
         if (js_is(kb, ke, "type")) {
             type_b = b;
@@ -342,7 +386,7 @@ static int fast_delta(relay_sse_t *p, const char *data, size_t len)
         return 0;
     do {
         const char *kb, *ke, *b, *e;
-        if (!js_string(&s, &kb, &ke) || !js_char(&s, ':'))
+        if (!js_string_checked(&s, &kb, &ke) || !js_char(&s, ':'))
             return 0;
         if (js_is(kb, ke, "delta")) {
             if (have_delta || !js_delta(&s, &tb, &te))
@@ -351,7 +395,7 @@ static int fast_delta(relay_sse_t *p, const char *data, size_t len)
         } else if (js_is(kb, ke, "index")) {
             if (!js_uint(&s))
                 return 0;
-        } else if (!js_is(kb, ke, "type") || !js_string(&s, &b, &e) ||
+        } else if (!js_is(kb, ke, "type") || !js_string_checked(&s, &b, &e) ||
                    !js_is(b, e, "content_block_delta")) {
             return 0;
         }
@@ -582,68 +626,6 @@ typedef struct msg_fields {
 #define JS_MAX_DEPTH 32
 
 static int js_skip(jscan_t *s, int depth);
-
-/* A string, checked the way jansson would (escapes, UTF-8); [*b, *e) is its escaped body. */
-static int js_string_checked(jscan_t *s, const char **b, const char **e)
-{
-    if (!js_char(s, '"'))
-        return 0;
-    *b = s->p;
-    while (s->p < s->end) {
-        unsigned char c = (unsigned char)*s->p;
-        if (c == '"') {
-            *e = s->p++;
-            return 1;
-        }
-        if (c < 0x20)
-            return 0;
-        if (c == '\\') {
-            if (s->end - s->p < 2)
-                return 0;
-            char x = s->p[1];
-            if (x && strchr("\"\\/bfnrt", x)) {
-                s->p += 2;
-                continue;
-            }
-            unsigned cp, lo;
-            if (x != 'u' || s->end - s->p < 6 || !hex4(s->p + 2, &cp) || cp == 0)
-                return 0;
-            s->p += 6;
-            if (cp >= 0xD800 && cp < 0xDC00) {
-                if (s->end - s->p < 6 || s->p[0] != '\\' || s->p[1] != 'u' ||
-                    !hex4(s->p + 2, &lo) || lo < 0xDC00 || lo > 0xDFFF)
-                    return 0;
-                s->p += 6;
-            } else if (cp >= 0xDC00 && cp < 0xE000) {
-                return 0;
-            }
-            continue;
-        }
-        if (c < 0x80) {
-            s->p++;
-            continue;
-        }
-        /* UTF-8: no overlong form, no surrogate, nothing past U+10FFFF. */
-        size_t n = c >= 0xC2 && c <= 0xDF   ? 2
-                   : c >= 0xE0 && c <= 0xEF ? 3
-                   : c >= 0xF0 && c <= 0xF4 ? 4
-                                            : 0;
-        if (!n || (size_t)(s->end - s->p) < n)
-            return 0;
-        unsigned cp = c & (0x7F >> n);
-        for (size_t i = 1; i < n; i++) {
-            unsigned char k = (unsigned char)s->p[i];
-            if ((k & 0xC0) != 0x80)
-                return 0;
-            cp = cp << 6 | (k & 0x3F);
-        }
-        if ((n == 3 && cp < 0x800) || (n == 4 && (cp < 0x10000 || cp > 0x10FFFF)) ||
-            (cp >= 0xD800 && cp <= 0xDFFF))
-            return 0;
-        s->p += n;
-    }
-    return 0;
-}
 
 /* A number; *v gets its value and kind (a non-negative integer, or another number). */
 static int js_number(jscan_t *s, jval_t *v)

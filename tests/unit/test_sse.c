@@ -495,6 +495,11 @@ static void test_fast_delta_agrees_with_jansson(void **state)
         "\"\\q\"}}",
         "{\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":"
         "\"u\\u0000v\"}}",
+        /* Raw bytes that are not UTF-8 (jansson refuses the event) and raw UTF-8 (it keeps it). */
+        "{\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":"
+        "\"a\xc3(b\"}}",
+        "{\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":"
+        "\"caf\xc3\xa9 \xf0\x9f\x98\x80\"}}",
         "{\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":"
         "\"x\",\"extra\":[1,{\"a\":null}]}}",
         "{\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":"
