@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "relay/relay.h"
+#include "util.h"
 
 void relay_buf_init(relay_buf_t *b, size_t cap)
 {
@@ -92,32 +93,6 @@ int relay_buf_vprintf(relay_buf_t *b, const char *fmt, va_list ap)
     return 0;
 }
 
-/* Length of the valid UTF-8 sequence at p (at most n bytes), or 0 when it is not one. */
-static size_t utf8_seq(const unsigned char *p, size_t n)
-{
-    size_t len;
-    unsigned min;
-    if (p[0] >= 0xc2 && p[0] <= 0xdf)
-        len = 2, min = 0x80;
-    else if (p[0] >= 0xe0 && p[0] <= 0xef)
-        len = 3, min = 0x800;
-    else if (p[0] >= 0xf0 && p[0] <= 0xf4)
-        len = 4, min = 0x10000;
-    else
-        return 0;
-    if (n < len)
-        return 0;
-    unsigned cp = p[0] & (0x7f >> len);
-    for (size_t i = 1; i < len; i++) {
-        if ((p[i] & 0xc0) != 0x80)
-            return 0;
-        cp = cp << 6 | (p[i] & 0x3f);
-    }
-    if (cp < min || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff))
-        return 0;
-    return len;
-}
-
 int relay_buf_json_string(relay_buf_t *b, const char *s, size_t n)
 {
     size_t start = b->len;
@@ -134,7 +109,8 @@ int relay_buf_json_string(relay_buf_t *b, const char *s, size_t n)
             continue;
         }
         unsigned char c = p[i];
-        size_t seq = c >= 0x80 ? utf8_seq(p + i, n - i) : 0;
+        uint32_t cp;
+        size_t seq = c >= 0x80 ? relay_utf8_decode(p + i, n - i, &cp) : 0;
         char esc[8];
         if (seq) {
             rc = relay_buf_append(b, s + i, seq);

@@ -37,6 +37,12 @@ typedef struct pooled {
     int64_t idle_since_ms;
 } pooled_t;
 
+/* A stack of idle handles: the top was used last. */
+typedef struct handle_pool {
+    pooled_t *items;
+    size_t n, cap;
+} handle_pool_t;
+
 #define MAX_IO_THREADS 8
 
 struct relay_forward_state {
@@ -44,12 +50,9 @@ struct relay_forward_state {
     int n_loops;
     unsigned next_loop; /* atomic: round robin */
     pthread_mutex_t pool_mu;
-    pooled_t *pool; /* a stack: the top was used last */
-    size_t n_pool, cap_pool;
     /* Handles run on the calling thread (curl_easy_perform) keep their upstream connection
      * inside themselves, not in a loop's cache: they have a stack of their own. */
-    pooled_t *ipool;
-    size_t n_ipool, cap_ipool;
+    handle_pool_t pool, ipool;
     uint64_t retries;  /* atomic */
     int shutting_down; /* atomic: relay_forward_shutdown was called */
 };
@@ -114,12 +117,12 @@ void relay_forward_stop(relay_t *r)
         return;
     for (int i = 0; i < f->n_loops; i++)
         relay_loop_stop(f->loops[i]);
-    for (size_t i = 0; i < f->n_pool; i++)
-        curl_easy_cleanup(f->pool[i].h);
-    for (size_t i = 0; i < f->n_ipool; i++)
-        curl_easy_cleanup(f->ipool[i].h);
-    free(f->pool);
-    free(f->ipool);
+    handle_pool_t *pools[] = {&f->pool, &f->ipool};
+    for (size_t k = 0; k < 2; k++) {
+        for (size_t i = 0; i < pools[k]->n; i++)
+            curl_easy_cleanup(pools[k]->items[i].h);
+        free(pools[k]->items);
+    }
     pthread_mutex_destroy(&f->pool_mu);
     free(f);
     r->forward = NULL;
@@ -127,25 +130,19 @@ void relay_forward_stop(relay_t *r)
     r->tokenizer = NULL;
 }
 
-/* One of the two stacks of handles: run on a loop (0) or on the calling thread (1). */
-typedef struct {
-    pooled_t **items;
-    size_t *n, *cap;
-} handle_stack_t;
-
-static handle_stack_t stack_of(struct relay_forward_state *f, int inline_xfer)
+/* The stack of handles run on a loop (0) or on the calling thread (1). */
+static handle_pool_t *pool_of(struct relay_forward_state *f, int inline_xfer)
 {
-    return inline_xfer ? (handle_stack_t){&f->ipool, &f->n_ipool, &f->cap_ipool}
-                       : (handle_stack_t){&f->pool, &f->n_pool, &f->cap_pool};
+    return inline_xfer ? &f->ipool : &f->pool;
 }
 
 static CURL *easy_get(struct relay_forward_state *f, int inline_xfer)
 {
     CURL *h = NULL;
-    handle_stack_t st = stack_of(f, inline_xfer);
+    handle_pool_t *p = pool_of(f, inline_xfer);
     pthread_mutex_lock(&f->pool_mu);
-    if (*st.n)
-        h = (*st.items)[--*st.n].h;
+    if (p->n)
+        h = p->items[--p->n].h;
     pthread_mutex_unlock(&f->pool_mu);
     if (h)
         curl_easy_reset(h);
@@ -160,17 +157,16 @@ static void easy_put(struct relay_forward_state *f, CURL *h, int inline_xfer)
 {
     CURL *stale = NULL;
     int64_t now = relay_mono_ms();
-    handle_stack_t st = stack_of(f, inline_xfer);
+    handle_pool_t *hp = pool_of(f, inline_xfer);
     pthread_mutex_lock(&f->pool_mu);
-    pooled_t *items = *st.items;
-    if (*st.n && now - items[0].idle_since_ms > POOL_IDLE_MS) {
-        stale = items[0].h;
-        memmove(items, items + 1, (*st.n - 1) * sizeof *items);
-        --*st.n;
+    if (hp->n && now - hp->items[0].idle_since_ms > POOL_IDLE_MS) {
+        stale = hp->items[0].h;
+        memmove(hp->items, hp->items + 1, (hp->n - 1) * sizeof *hp->items);
+        hp->n--;
     }
-    if (*st.n == *st.cap) {
-        size_t nc = *st.cap ? *st.cap * 2 : 64;
-        pooled_t *p = nc <= POOL_MAX ? realloc(items, nc * sizeof *p) : NULL;
+    if (hp->n == hp->cap) {
+        size_t nc = hp->cap ? hp->cap * 2 : 64;
+        pooled_t *p = nc <= POOL_MAX ? realloc(hp->items, nc * sizeof *p) : NULL;
         if (!p) {
             pthread_mutex_unlock(&f->pool_mu);
             curl_easy_cleanup(h);
@@ -178,10 +174,10 @@ static void easy_put(struct relay_forward_state *f, CURL *h, int inline_xfer)
                 curl_easy_cleanup(stale);
             return;
         }
-        *st.items = items = p;
-        *st.cap = nc;
+        hp->items = p;
+        hp->cap = nc;
     }
-    items[(*st.n)++] = (pooled_t){h, now};
+    hp->items[hp->n++] = (pooled_t){h, now};
     pthread_mutex_unlock(&f->pool_mu);
     if (stale)
         curl_easy_cleanup(stale);
@@ -696,13 +692,19 @@ static void setup_easy(fwd_t *f, CURL *h, const relay_http_request_t *req)
     }
 }
 
+/* Records in res an error the relay itself produced (its code, message and type). */
+static void result_error(relay_forward_result_t *res, int code, const char *msg)
+{
+    res->error_code = code;
+    relay_strlcpy(res->error_message, msg, sizeof res->error_message);
+    relay_strlcpy(res->error_type, relay_err_type(code), sizeof res->error_type);
+}
+
 /* Writes an error the relay itself produced, as Anthropic error JSON (or an SSE error event when
  * a stream is already under way). */
 static void write_relay_error(fwd_t *f, int code, const char *msg)
 {
-    f->res->error_code = code;
-    snprintf(f->res->error_message, sizeof f->res->error_message, "%s", msg);
-    snprintf(f->res->error_type, sizeof f->res->error_type, "%s", relay_err_type(code));
+    result_error(f->res, code, msg);
     int left = gone(f);
     relay_forward_write_error(f->sink, f->head_sent, f->is_sse, code, msg, &left);
     if (left)
@@ -995,9 +997,7 @@ static void write_no_upstream(fwd_t *f, int code)
         return;
     }
     const char *msg = "no upstream can take the request now; retry later";
-    f->res->error_code = code;
-    relay_strlcpy(f->res->error_message, msg, sizeof f->res->error_message);
-    relay_strlcpy(f->res->error_type, relay_err_type(code), sizeof f->res->error_type);
+    result_error(f->res, code, msg);
     f->res->status = relay_err_http_status(code);
     f->head_sent = 1;
     char *json = relay_error_json(code, msg);
@@ -1219,9 +1219,7 @@ int relay_forward_ex(relay_t *r, const relay_http_request_t *req, const relay_fo
     fwd_t *f = calloc(1, sizeof *f);
     if (!f) {
         int left = 0;
-        res->error_code = RELAY_ERR_NOMEM;
-        relay_strlcpy(res->error_message, "out of memory", sizeof res->error_message);
-        relay_strlcpy(res->error_type, relay_err_type(RELAY_ERR_NOMEM), sizeof res->error_type);
+        result_error(res, RELAY_ERR_NOMEM, "out of memory");
         relay_forward_write_error(sink, 0, 0, RELAY_ERR_NOMEM, "out of memory", &left);
         res->status = relay_err_http_status(RELAY_ERR_NOMEM);
         res->client_gone = left;

@@ -281,21 +281,9 @@ static int js_string_checked(jscan_t *s, const char **b, const char **e)
             continue;
         }
         /* UTF-8: no overlong form, no surrogate, nothing past U+10FFFF. */
-        size_t n = c >= 0xC2 && c <= 0xDF   ? 2
-                   : c >= 0xE0 && c <= 0xEF ? 3
-                   : c >= 0xF0 && c <= 0xF4 ? 4
-                                            : 0;
-        if (!n || (size_t)(s->end - s->p) < n)
-            return 0;
-        unsigned cp = c & (0x7F >> n);
-        for (size_t i = 1; i < n; i++) {
-            unsigned char k = (unsigned char)s->p[i];
-            if ((k & 0xC0) != 0x80)
-                return 0;
-            cp = cp << 6 | (k & 0x3F);
-        }
-        if ((n == 3 && cp < 0x800) || (n == 4 && (cp < 0x10000 || cp > 0x10FFFF)) ||
-            (cp >= 0xD800 && cp <= 0xDFFF))
+        uint32_t cp;
+        size_t n = relay_utf8_decode((const unsigned char *)s->p, (size_t)(s->end - s->p), &cp);
+        if (!n)
             return 0;
         s->p += n;
     }
@@ -626,6 +614,9 @@ typedef struct msg_fields {
 #define JS_MAX_DEPTH 32
 
 static int js_skip(jscan_t *s, int depth);
+typedef struct want want_t;
+static int js_object(jscan_t *s, msg_fields_t *m, const want_t *w, size_t nw, int depth,
+                     void (*reset)(msg_fields_t *m, const char *key));
 
 /* A number; *v gets its value and kind (a non-negative integer, or another number). */
 static int js_number(jscan_t *s, jval_t *v)
@@ -711,23 +702,14 @@ static int js_skip(jscan_t *s, int depth)
         while (js_char(s, ','));
         return js_char(s, ']');
     }
-    if (!js_char(s, '{'))
-        return 0;
-    if (js_char(s, '}'))
-        return 1;
-    do {
-        const char *kb, *ke;
-        if (!js_string_checked(s, &kb, &ke) || !js_char(s, ':') || !js_value(s, NULL, depth + 1))
-            return 0;
-    } while (js_char(s, ','));
-    return js_char(s, '}');
+    return js_object(s, NULL, NULL, 0, depth, NULL); /* an object with no key wanted */
 }
 
-typedef struct want {
+struct want {
     const char *key;
     jval_t *into;
     int (*walk)(jscan_t *s, msg_fields_t *m, int depth); /* an object to look inside, or NULL */
-} want_t;
+};
 
 /* An object whose keys in w[] are kept (the last one wins; a later duplicate of an object key
  * first forgets what the earlier one held, via reset), every other value passed over. */
@@ -875,8 +857,7 @@ int relay_usage_parse_json(relay_usage_t *out, const char *body, size_t len)
     memset(out, 0, sizeof(*out));
     if (relay_usage_parse_json_fast(out, body, len))
         return 0;
-    memset(out, 0, sizeof(*out)); /* what the fast reader set before giving up */
-    return relay_usage_parse_json_jansson(out, body, len);
+    return relay_usage_parse_json_jansson(out, body, len); /* zeroes out first */
 }
 
 int relay_usage_parse_json_jansson(relay_usage_t *out, const char *body, size_t len)

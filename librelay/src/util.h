@@ -56,4 +56,39 @@ char *relay_strdup0(const char *s);
 /* FNV-1a of a NUL-terminated string: for hash tables of non-secret ids, not for secrets. */
 uint64_t relay_hash_str(const char *s);
 
+/*
+ * One UTF-8 sequence at s (at most n bytes, n >= 1): its length, with the code point in *cp, or
+ * 0 when it is not valid UTF-8 (a stray continuation byte, a cut sequence, an overlong form, a
+ * surrogate, past U+10FFFF). Inline: the tokeniser calls it for every character.
+ */
+static inline size_t relay_utf8_decode(const unsigned char *s, size_t n, uint32_t *cp)
+{
+    unsigned c = s[0];
+    size_t len;
+    uint32_t v, min;
+    if (c < 0x80) {
+        *cp = c;
+        return 1;
+    } else if ((c & 0xE0) == 0xC0) {
+        len = 2, v = c & 0x1F, min = 0x80;
+    } else if ((c & 0xF0) == 0xE0) {
+        len = 3, v = c & 0x0F, min = 0x800;
+    } else if ((c & 0xF8) == 0xF0) {
+        len = 4, v = c & 0x07, min = 0x10000;
+    } else {
+        return 0;
+    }
+    if (len > n)
+        return 0;
+    for (size_t i = 1; i < len; i++) {
+        if ((s[i] & 0xC0) != 0x80)
+            return 0;
+        v = (v << 6) | (s[i] & 0x3F);
+    }
+    if (v < min || v > 0x10FFFF || (v >= 0xD800 && v <= 0xDFFF))
+        return 0;
+    *cp = v;
+    return len;
+}
+
 #endif
