@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "buf.h"
+#include "json_scan.h"
 #include "sse_internal.h"
 #include "util.h"
 
@@ -163,198 +164,33 @@ static int on_delta(relay_sse_t *p, const json_t *root)
  * in any key order, into the output text. Anything it does not fully understand (other shapes,
  * odd escapes, long values, trailing bytes) returns 0, and jansson decides as before.
  */
-typedef struct jscan {
-    const char *p, *end;
-} jscan_t;
-
-static void js_ws(jscan_t *s)
-{
-    while (s->p < s->end && (*s->p == ' ' || *s->p == '\t' || *s->p == '\n' || *s->p == '\r'))
-        s->p++;
-}
-
-static int js_char(jscan_t *s, char c)
-{
-    js_ws(s);
-    if (s->p < s->end && *s->p == c) {
-        s->p++;
-        return 1;
-    }
-    return 0;
-}
-
-static int js_is(const char *b, const char *e, const char *lit)
-{
-    size_t n = strlen(lit);
-    return (size_t)(e - b) == n && !memcmp(b, lit, n);
-}
-
-/* A non-negative integer (the only other value the shape has). */
-static int js_uint(jscan_t *s)
-{
-    js_ws(s);
-    const char *b = s->p;
-    while (s->p < s->end && *s->p >= '0' && *s->p <= '9')
-        s->p++;
-    return s->p > b;
-}
-
-static size_t put_utf8(char *o, unsigned cp)
-{
-    if (cp < 0x80) {
-        o[0] = (char)cp;
-        return 1;
-    }
-    if (cp < 0x800) {
-        o[0] = (char)(0xC0 | cp >> 6);
-        o[1] = (char)(0x80 | (cp & 0x3F));
-        return 2;
-    }
-    if (cp < 0x10000) {
-        o[0] = (char)(0xE0 | cp >> 12);
-        o[1] = (char)(0x80 | ((cp >> 6) & 0x3F));
-        o[2] = (char)(0x80 | (cp & 0x3F));
-        return 3;
-    }
-    o[0] = (char)(0xF0 | cp >> 18);
-    o[1] = (char)(0x80 | ((cp >> 12) & 0x3F));
-    o[2] = (char)(0x80 | ((cp >> 6) & 0x3F));
-    o[3] = (char)(0x80 | (cp & 0x3F));
-    return 4;
-}
-
-static int hex4(const char *p, unsigned *v)
-{
-    *v = 0;
-    for (int i = 0; i < 4; i++) {
-        char c = p[i];
-        unsigned d = c >= '0' && c <= '9'   ? (unsigned)(c - '0')
-                     : c >= 'a' && c <= 'f' ? (unsigned)(c - 'a' + 10)
-                     : c >= 'A' && c <= 'F' ? (unsigned)(c - 'A' + 10)
-                                            : 16u;
-        if (d > 15)
-            return 0;
-        *v = *v << 4 | d;
-    }
-    return 1;
-}
-
-/* A string, checked the way jansson would (escapes, UTF-8, no control characters); [*b, *e) is
- * its body, still escaped. Anything jansson would refuse is refused. */
-static int js_string_checked(jscan_t *s, const char **b, const char **e)
-{
-    if (!js_char(s, '"'))
-        return 0;
-    *b = s->p;
-    while (s->p < s->end) {
-        unsigned char c = (unsigned char)*s->p;
-        if (c == '"') {
-            *e = s->p++;
-            return 1;
-        }
-        if (c < 0x20)
-            return 0;
-        if (c == '\\') {
-            if (s->end - s->p < 2)
-                return 0;
-            char x = s->p[1];
-            if (x && strchr("\"\\/bfnrt", x)) {
-                s->p += 2;
-                continue;
-            }
-            unsigned cp, lo;
-            if (x != 'u' || s->end - s->p < 6 || !hex4(s->p + 2, &cp) || cp == 0)
-                return 0;
-            s->p += 6;
-            if (cp >= 0xD800 && cp < 0xDC00) {
-                if (s->end - s->p < 6 || s->p[0] != '\\' || s->p[1] != 'u' ||
-                    !hex4(s->p + 2, &lo) || lo < 0xDC00 || lo > 0xDFFF)
-                    return 0;
-                s->p += 6;
-            } else if (cp >= 0xDC00 && cp < 0xE000) {
-                return 0;
-            }
-            continue;
-        }
-        if (c < 0x80) {
-            s->p++;
-            continue;
-        }
-        /* UTF-8: no overlong form, no surrogate, nothing past U+10FFFF. */
-        uint32_t cp;
-        size_t n = relay_utf8_decode((const unsigned char *)s->p, (size_t)(s->end - s->p), &cp);
-        if (!n)
-            return 0;
-        s->p += n;
-    }
-    return 0;
-}
-
-/* Unescapes [b, e) into out (cap bytes); the length, or -1 for anything unusual. */
-static long js_unescape(const char *b, const char *e, char *out, size_t cap)
-{
-    size_t o = 0;
-    while (b < e) {
-        if (o + 4 > cap)
-            return -1;
-        if (*b != '\\') {
-            out[o++] = *b++;
-            continue;
-        }
-        if (e - b < 2)
-            return -1;
-        char c = b[1];
-        const char *map = strchr("\"\\/bfnrt", c);
-        if (map && c) {
-            static const char to[] = "\"\\/\b\f\n\r\t";
-            out[o++] = to[map - "\"\\/bfnrt"];
-            b += 2;
-            continue;
-        }
-        unsigned cp, lo;
-        if (c != 'u' || e - b < 6 || !hex4(b + 2, &cp) || cp == 0) /* jansson refuses NUL */
-            return -1;
-        b += 6;
-        if (cp >= 0xD800 && cp < 0xDC00) { /* a surrogate pair, or jansson decides */
-            if (e - b < 6 || b[0] != '\\' || b[1] != 'u' || !hex4(b + 2, &lo) || lo < 0xDC00 ||
-                lo > 0xDFFF)
-                return -1;
-            cp = 0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00);
-            b += 6;
-        } else if (cp >= 0xDC00 && cp < 0xE000) {
-            return -1;
-        }
-        o += put_utf8(out + o, cp);
-    }
-    return (long)o;
-}
 
 /* The "delta" object: its type names the key of the text (text, thinking, partial_json). */
-static int js_delta(jscan_t *s, const char **tb, const char **te)
+static int js_delta(relay_jscan_t *s, const char **tb, const char **te)
 {
     const char *type_b = NULL, *type_e = NULL, *vb[3] = {0}, *ve[3] = {0};
     static const char *const keys[3] = {"text", "thinking", "partial_json"};
     static const char *const types[3] = {"text_delta", "thinking_delta", "input_json_delta"};
-    if (!js_char(s, '{'))
+    if (!relay_js_char(s, '{'))
         return 0;
     do {
         const char *kb, *ke, *b, *e;
-        if (!js_string_checked(s, &kb, &ke) || !js_char(s, ':') || !js_string_checked(s, &b, &e))
+        if (!relay_js_string(s, &kb, &ke) || !relay_js_char(s, ':') || !relay_js_string(s, &b, &e))
             return 0;
-        if (js_is(kb, ke, "type")) {
+        if (relay_js_is(kb, ke, "type")) {
             type_b = b;
             type_e = e;
         }
         for (int i = 0; i < 3; i++)
-            if (js_is(kb, ke, keys[i])) {
+            if (relay_js_is(kb, ke, keys[i])) {
                 vb[i] = b;
                 ve[i] = e;
             }
-    } while (js_char(s, ','));
-    if (!js_char(s, '}') || !type_b)
+    } while (relay_js_char(s, ','));
+    if (!relay_js_char(s, '}') || !type_b)
         return 0;
     for (int i = 0; i < 3; i++)
-        if (js_is(type_b, type_e, types[i]) && vb[i]) {
+        if (relay_js_is(type_b, type_e, types[i]) && vb[i]) {
             *tb = vb[i];
             *te = ve[i];
             return 1;
@@ -367,34 +203,35 @@ static int fast_delta(relay_sse_t *p, const char *data, size_t len)
 {
     if (len == 0)
         return 0; /* (data may then be NULL: no pointer arithmetic on it) */
-    jscan_t s = {data, data + len};
+    relay_jscan_t s = {data, data + len};
     const char *tb = NULL, *te = NULL;
     int have_delta = 0;
-    if (!js_char(&s, '{'))
+    if (!relay_js_char(&s, '{'))
         return 0;
     do {
         const char *kb, *ke, *b, *e;
-        if (!js_string_checked(&s, &kb, &ke) || !js_char(&s, ':'))
+        if (!relay_js_string(&s, &kb, &ke) || !relay_js_char(&s, ':'))
             return 0;
-        if (js_is(kb, ke, "delta")) {
+        if (relay_js_is(kb, ke, "delta")) {
             if (have_delta || !js_delta(&s, &tb, &te))
                 return 0;
             have_delta = 1;
-        } else if (js_is(kb, ke, "index")) {
-            if (!js_uint(&s))
+        } else if (relay_js_is(kb, ke, "index")) {
+            relay_jval_t v; /* checked in full: a bare digit run let "01" through */
+            if (!relay_js_value(&s, &v, 1) || v.kind != RELAY_JV_UINT)
                 return 0;
-        } else if (!js_is(kb, ke, "type") || !js_string_checked(&s, &b, &e) ||
-                   !js_is(b, e, "content_block_delta")) {
+        } else if (!relay_js_is(kb, ke, "type") || !relay_js_string(&s, &b, &e) ||
+                   !relay_js_is(b, e, "content_block_delta")) {
             return 0;
         }
-    } while (js_char(&s, ','));
-    if (!js_char(&s, '}') || !have_delta)
+    } while (relay_js_char(&s, ','));
+    if (!relay_js_char(&s, '}') || !have_delta)
         return 0;
-    js_ws(&s);
+    relay_js_ws(&s);
     if (s.p != s.end)
         return 0;
     char text[4096];
-    long n = js_unescape(tb, te, text, sizeof text);
+    long n = relay_js_unescape(tb, te, text, sizeof text);
     if (n < 0)
         return 0;
     keep_output(p, text, (size_t)n);
@@ -596,177 +433,79 @@ int relay_sse_feed(relay_sse_t *p, const void *data, size_t len)
  * are not UTF-8, deep nesting, a needed string it cannot unescape) sends the body to jansson.
  * A unit test and fuzz_sse compare the two on every input.
  */
-enum { JV_NONE, JV_UINT, JV_OTHER_NUM, JV_STRING, JV_OBJECT, JV_OTHER };
-
-typedef struct jval {
-    int kind;
-    int64_t n;         /* JV_UINT */
-    const char *b, *e; /* JV_STRING: the escaped body */
-} jval_t;
-
 typedef struct msg_fields {
-    jval_t type, model, id, stop_reason, usage, error;
-    jval_t counts[4]; /* input, output, cache_creation_input, cache_read_input */
-    jval_t cc, cc5m, cc1h;
-    jval_t err_type, err_message;
+    relay_jval_t type, model, id, stop_reason, usage, error;
+    relay_jval_t counts[4]; /* input, output, cache_creation_input, cache_read_input */
+    relay_jval_t cc, cc5m, cc1h;
+    relay_jval_t err_type, err_message;
 } msg_fields_t;
 
-#define JS_MAX_DEPTH 32
-
-static int js_skip(jscan_t *s, int depth);
 typedef struct want want_t;
-static int js_object(jscan_t *s, msg_fields_t *m, const want_t *w, size_t nw, int depth,
+static int js_object(relay_jscan_t *s, msg_fields_t *m, const want_t *w, size_t nw, int depth,
                      void (*reset)(msg_fields_t *m, const char *key));
-
-/* A number; *v gets its value and kind (a non-negative integer, or another number). */
-static int js_number(jscan_t *s, jval_t *v)
-{
-    const char *b = s->p;
-    if (s->p < s->end && *s->p == '-')
-        s->p++;
-    const char *digits = s->p;
-    if (s->p < s->end && *s->p == '0')
-        s->p++;
-    else
-        while (s->p < s->end && *s->p >= '0' && *s->p <= '9')
-            s->p++;
-    size_t nd = (size_t)(s->p - digits);
-    if (!nd || nd > 18)
-        return 0; /* no digits, or maybe beyond int64 (jansson's error to give) */
-    int real = 0;
-    if (s->p < s->end && *s->p == '.') {
-        const char *f = ++s->p;
-        while (s->p < s->end && *s->p >= '0' && *s->p <= '9')
-            s->p++;
-        if (s->p == f)
-            return 0;
-        real = 1;
-    }
-    if (s->p < s->end && (*s->p == 'e' || *s->p == 'E'))
-        return 0; /* may overflow: jansson decides */
-    if (s->p < s->end && ((*s->p >= '0' && *s->p <= '9') || *s->p == '-' || *s->p == '+'))
-        return 0; /* "01", "1-": not JSON */
-    int64_t n = 0;
-    for (const char *p = digits; !real && p < s->p; p++)
-        n = n * 10 + (*p - '0');
-    /* A real, or a negative integer, is not a count; "-0" is jansson's integer 0, which is. */
-    v->kind = real || (*b == '-' && n != 0) ? JV_OTHER_NUM : JV_UINT;
-    v->n = n;
-    return 1;
-}
-
-static int js_literal(jscan_t *s, const char *lit)
-{
-    size_t n = strlen(lit);
-    if ((size_t)(s->end - s->p) < n || memcmp(s->p, lit, n) != 0)
-        return 0;
-    s->p += n;
-    return 1;
-}
-
-/* One value of any kind, into v when v is given (objects and arrays only as their kind). */
-static int js_value(jscan_t *s, jval_t *v, int depth)
-{
-    jval_t tmp;
-    if (!v)
-        v = &tmp;
-    js_ws(s);
-    if (s->p >= s->end)
-        return 0;
-    char c = *s->p;
-    if (c == '"') {
-        v->kind = JV_STRING;
-        return js_string_checked(s, &v->b, &v->e);
-    }
-    if (c == '{' || c == '[') {
-        v->kind = c == '{' ? JV_OBJECT : JV_OTHER;
-        return js_skip(s, depth);
-    }
-    if (c == '-' || (c >= '0' && c <= '9'))
-        return js_number(s, v);
-    v->kind = JV_OTHER;
-    return js_literal(s, "true") || js_literal(s, "false") || js_literal(s, "null");
-}
-
-/* An object or an array, checked and passed over. */
-static int js_skip(jscan_t *s, int depth)
-{
-    if (depth >= JS_MAX_DEPTH)
-        return 0;
-    if (js_char(s, '[')) {
-        if (js_char(s, ']'))
-            return 1;
-        do
-            if (!js_value(s, NULL, depth + 1))
-                return 0;
-        while (js_char(s, ','));
-        return js_char(s, ']');
-    }
-    return js_object(s, NULL, NULL, 0, depth, NULL); /* an object with no key wanted */
-}
 
 struct want {
     const char *key;
-    jval_t *into;
-    int (*walk)(jscan_t *s, msg_fields_t *m, int depth); /* an object to look inside, or NULL */
+    relay_jval_t *into;
+    int (*walk)(relay_jscan_t *s, msg_fields_t *m,
+                int depth); /* an object to look inside, or NULL */
 };
+
+typedef struct obj_walk {
+    msg_fields_t *m;
+    const want_t *w;
+    size_t nw;
+    void (*reset)(msg_fields_t *m, const char *key);
+} obj_walk_t;
+
+static int on_key(void *ud, relay_jscan_t *s, const char *kb, const char *ke, int depth)
+{
+    const obj_walk_t *o = ud;
+    const want_t *hit = NULL;
+    for (size_t i = 0; i < o->nw && !hit; i++)
+        if (relay_js_is(kb, ke, o->w[i].key))
+            hit = &o->w[i];
+    if (!hit)
+        return relay_js_value(s, NULL, depth);
+    relay_js_ws(s);
+    if (hit->walk && o->reset)
+        o->reset(o->m, hit->key);
+    if (hit->walk && s->p < s->end && *s->p == '{') {
+        hit->into->kind = RELAY_JV_OBJECT;
+        return hit->walk(s, o->m, depth);
+    }
+    return relay_js_value(s, hit->into, depth);
+}
 
 /* An object whose keys in w[] are kept (the last one wins; a later duplicate of an object key
  * first forgets what the earlier one held, via reset), every other value passed over. */
-static int js_object(jscan_t *s, msg_fields_t *m, const want_t *w, size_t nw, int depth,
+static int js_object(relay_jscan_t *s, msg_fields_t *m, const want_t *w, size_t nw, int depth,
                      void (*reset)(msg_fields_t *m, const char *key))
 {
-    if (depth >= JS_MAX_DEPTH || !js_char(s, '{'))
-        return 0;
-    if (js_char(s, '}'))
-        return 1;
-    do {
-        const char *kb, *ke;
-        if (!js_string_checked(s, &kb, &ke) || !js_char(s, ':'))
-            return 0;
-        const want_t *hit = NULL;
-        for (size_t i = 0; i < nw && !hit; i++)
-            if (js_is(kb, ke, w[i].key))
-                hit = &w[i];
-        if (!hit) {
-            if (!js_value(s, NULL, depth + 1))
-                return 0;
-            continue;
-        }
-        js_ws(s);
-        if (hit->walk && reset)
-            reset(m, hit->key);
-        if (hit->walk && s->p < s->end && *s->p == '{') {
-            hit->into->kind = JV_OBJECT;
-            if (!hit->walk(s, m, depth + 1))
-                return 0;
-        } else if (!js_value(s, hit->into, depth + 1)) {
-            return 0;
-        }
-    } while (js_char(s, ','));
-    return js_char(s, '}');
+    obj_walk_t o = {m, w, nw, reset};
+    return relay_js_object(s, depth, on_key, &o);
 }
 
 static void forget(msg_fields_t *m, const char *key)
 {
     if (!strcmp(key, "usage")) {
         memset(m->counts, 0, sizeof m->counts);
-        m->cc = m->cc5m = m->cc1h = (jval_t){0};
+        m->cc = m->cc5m = m->cc1h = (relay_jval_t){0};
     } else if (!strcmp(key, "cache_creation")) {
-        m->cc5m = m->cc1h = (jval_t){0};
+        m->cc5m = m->cc1h = (relay_jval_t){0};
     } else if (!strcmp(key, "error")) {
-        m->err_type = m->err_message = (jval_t){0};
+        m->err_type = m->err_message = (relay_jval_t){0};
     }
 }
 
-static int walk_cc(jscan_t *s, msg_fields_t *m, int depth)
+static int walk_cc(relay_jscan_t *s, msg_fields_t *m, int depth)
 {
     const want_t w[] = {{"ephemeral_5m_input_tokens", &m->cc5m, NULL},
                         {"ephemeral_1h_input_tokens", &m->cc1h, NULL}};
     return js_object(s, m, w, 2, depth, NULL);
 }
 
-static int walk_usage(jscan_t *s, msg_fields_t *m, int depth)
+static int walk_usage(relay_jscan_t *s, msg_fields_t *m, int depth)
 {
     const want_t w[] = {{"input_tokens", &m->counts[0], NULL},
                         {"output_tokens", &m->counts[1], NULL},
@@ -776,27 +515,27 @@ static int walk_usage(jscan_t *s, msg_fields_t *m, int depth)
     return js_object(s, m, w, 5, depth, forget);
 }
 
-static int walk_error(jscan_t *s, msg_fields_t *m, int depth)
+static int walk_error(relay_jscan_t *s, msg_fields_t *m, int depth)
 {
     const want_t w[] = {{"type", &m->err_type, NULL}, {"message", &m->err_message, NULL}};
     return js_object(s, m, w, 2, depth, NULL);
 }
 
 /* take_count and take_string of the jansson path, from a kept value. */
-static int fast_count(int64_t *dst, const jval_t *v)
+static int fast_count(int64_t *dst, const relay_jval_t *v)
 {
-    if (v->kind != JV_UINT)
+    if (v->kind != RELAY_JV_UINT)
         return 0;
     *dst = v->n;
     return 1;
 }
 
-static int fast_string(char *dst, size_t cap, const jval_t *v)
+static int fast_string(char *dst, size_t cap, const relay_jval_t *v)
 {
-    if (v->kind != JV_STRING)
+    if (v->kind != RELAY_JV_STRING)
         return 1;
     char tmp[1024];
-    long n = js_unescape(v->b, v->e, tmp, sizeof tmp);
+    long n = relay_js_unescape(v->b, v->e, tmp, sizeof tmp);
     if (n < 0 || memchr(tmp, '\0', (size_t)n))
         return 0;
     tmp[n] = '\0';
@@ -810,7 +549,7 @@ int relay_usage_parse_json_fast(relay_usage_t *out, const char *body, size_t len
         return 0;
     msg_fields_t m;
     memset(&m, 0, sizeof m);
-    jscan_t s = {body, body + len};
+    relay_jscan_t s = {body, body + len};
     const want_t w[] = {{"type", &m.type, NULL},
                         {"model", &m.model, NULL},
                         {"id", &m.id, NULL},
@@ -819,29 +558,29 @@ int relay_usage_parse_json_fast(relay_usage_t *out, const char *body, size_t len
                         {"error", &m.error, walk_error}};
     if (!js_object(&s, &m, w, 6, 0, forget))
         return 0;
-    js_ws(&s);
+    relay_js_ws(&s);
     if (s.p != s.end)
         return 0;
-    if (m.type.kind == JV_STRING && js_is(m.type.b, m.type.e, "error")) {
+    if (m.type.kind == RELAY_JV_STRING && relay_js_is(m.type.b, m.type.e, "error")) {
         out->saw_error = 1;
-        if (m.error.kind == JV_OBJECT)
+        if (m.error.kind == RELAY_JV_OBJECT)
             return fast_string(out->error_type, sizeof out->error_type, &m.err_type) &&
                    fast_string(out->error_message, sizeof out->error_message, &m.err_message);
         return 1;
     }
-    if (m.type.kind == JV_STRING && memchr(m.type.b, '\\', (size_t)(m.type.e - m.type.b)))
+    if (m.type.kind == RELAY_JV_STRING && memchr(m.type.b, '\\', (size_t)(m.type.e - m.type.b)))
         return 0; /* an escaped type might still spell "error" */
     if (!fast_string(out->model, sizeof out->model, &m.model) ||
         !fast_string(out->message_id, sizeof out->message_id, &m.id) ||
         !fast_string(out->stop_reason, sizeof out->stop_reason, &m.stop_reason))
         return 0;
-    if (m.usage.kind == JV_OBJECT) {
+    if (m.usage.kind == RELAY_JV_OBJECT) {
         int seen = 0;
         seen |= fast_count(&out->input_tokens, &m.counts[0]);
         seen |= fast_count(&out->output_tokens, &m.counts[1]);
         seen |= fast_count(&out->cache_creation_input_tokens, &m.counts[2]);
         seen |= fast_count(&out->cache_read_input_tokens, &m.counts[3]);
-        if (m.cc.kind == JV_OBJECT) {
+        if (m.cc.kind == RELAY_JV_OBJECT) {
             seen |= fast_count(&out->cache_creation_5m_tokens, &m.cc5m);
             seen |= fast_count(&out->cache_creation_1h_tokens, &m.cc1h);
         }

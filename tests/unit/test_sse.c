@@ -495,6 +495,11 @@ static void test_fast_delta_agrees_with_jansson(void **state)
         "\"\\q\"}}",
         "{\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":"
         "\"u\\u0000v\"}}",
+        /* An index that is not JSON ("01", "1-"): jansson refuses the event. */
+        "{\"type\":\"content_block_delta\",\"index\":01,\"delta\":{\"type\":\"text_delta\","
+        "\"text\":\"zero-one\"}}",
+        "{\"type\":\"content_block_delta\",\"index\":-1,\"delta\":{\"type\":\"text_delta\","
+        "\"text\":\"minus\"}}",
         /* Raw bytes that are not UTF-8 (jansson refuses the event) and raw UTF-8 (it keeps it). */
         "{\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":"
         "\"a\xc3(b\"}}",

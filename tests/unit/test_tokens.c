@@ -12,6 +12,7 @@
 #include <cmocka.h>
 
 #include "relay/tokens.h"
+#include "tokens_internal.h"
 
 /* ---- helpers ---- */
 
@@ -267,6 +268,118 @@ static void test_request_malformed(void **state)
     assert_int_equal(relay_tokens_count_request(NULL, NULL, 0, &info), RELAY_ERR_INVALID);
 }
 
+/* ---- the reader without jansson must agree with jansson ---- */
+
+static int fast_info(const char *body, relay_request_info_t *fast, relay_request_info_t *slow)
+{
+    memset(fast, 0, sizeof *fast);
+    memset(slow, 0, sizeof *slow);
+    int answered = relay_tokens_count_request_fast(NULL, body, strlen(body), fast);
+    int rc = relay_tokens_count_request_jansson(NULL, body, strlen(body), slow);
+    if (answered) {
+        assert_int_equal(rc, 0); /* never an answer where jansson refuses */
+        assert_int_equal(fast->input_tokens_estimate, slow->input_tokens_estimate);
+        assert_memory_equal(fast, slow, sizeof *fast);
+    }
+    return answered;
+}
+
+#define TOOLS                                                                                      \
+    "\"tools\":[{\"name\":\"read_file\",\"description\":\"Reads a file.\\nReturns its text.\","    \
+    "\"input_schema\":{\"type\":\"object\",\"properties\":{\"path\":{\"type\":\"string\"},"        \
+    "\"limit\":{\"type\":\"integer\",\"minimum\":1}},\"required\":[\"path\"]}},"                   \
+    "{\"name\":\"bash\",\"input_schema\": { \"type\" : \"object\" , \"properties\" : {} }}]"
+
+/* The shapes clients send: the walker answers them, with jansson's numbers. */
+static void test_request_fast_answers(void **state)
+{
+    (void)state;
+    const char *bodies[] = {
+        "{\"model\":\"claude-sonnet-4-5\",\"max_tokens\":128000,\"stream\":true,"
+        "\"system\":[{\"type\":\"text\",\"text\":\"You are Claude Code.\","
+        "\"cache_control\":{\"type\":\"ephemeral\"}}],"
+        "\"messages\":[{\"role\":\"user\",\"content\":\"Fix the \\\"bug\\\"\\n\\tplease\"},"
+        "{\"role\":\"assistant\",\"content\":[{\"type\":\"thinking\",\"thinking\":\"Hmm.\","
+        "\"signature\":\"abc\"},{\"type\":\"redacted_thinking\",\"data\":\"QUJDRA==\"},"
+        "{\"type\":\"text\",\"text\":\"Reading it.\"},{\"type\":\"tool_use\",\"id\":\"t1\","
+        "\"name\":\"read_file\",\"input\":{\"path\":\"a/b.c\",\"limit\":20,\"flags\":[true,"
+        "false,null,-3]}}]},{\"role\":\"user\",\"content\":[{\"type\":\"tool_result\","
+        "\"tool_use_id\":\"t1\",\"content\":[{\"type\":\"text\",\"text\":\"int main(){}\"}]},"
+        "{\"type\":\"tool_result\",\"tool_use_id\":\"t2\",\"content\":\"plain result\"}]}]," TOOLS
+        ",\"tool_choice\":{\"type\":\"auto\"},"
+        "\"metadata\":{\"user_id\":\"user_abc_account_def_session_0123\"}}",
+        /* documents, images, unknown blocks and non-object elements are counted as JSON */
+        "{\"messages\":[{\"role\":\"user\",\"content\":[{\"type\":\"document\",\"source\":"
+        "{\"type\":\"base64\",\"media_type\":\"application/pdf\",\"data\":\"JVBERi0xLjQK\"}},"
+        "{\"type\":\"document\",\"source\":{\"type\":\"content\",\"content\":[{\"type\":"
+        "\"text\",\"text\":\"inner\"}]}},{\"type\":\"document\",\"source\":{\"type\":\"text\","
+        "\"data\":\"some text\"}},{\"type\":\"image\",\"source\":{}},{\"type\":\"search_result\","
+        "\"title\":\"t\",\"n\":[1,2]},{\"no_type\":1},\"bare string\",42,[\"x\"],{\"type\":7}]}]}",
+        /* duplicate keys: jansson keeps the last, and so must the walker */
+        "{\"messages\":[{\"content\":\"first\"}],\"messages\":[{\"content\":\"second one\","
+        "\"content\":\"third\"}],\"model\":\"a\",\"model\":\"b\",\"stream\":true,\"stream\":false}",
+        "{\"tools\":[{\"name\":\"x\"}],\"tools\":[],\"tool_choice\":{\"type\":\"tool\"}}",
+        "{\"tools\":[{\"name\":\"x\"},7,\"y\"],\"tool_choice\":{\"type\":\"any\"}}",
+        /* odd values where the fields are expected */
+        "{\"messages\":{},\"system\":7,\"tools\":{},\"max_tokens\":-5,\"metadata\":[],"
+        "\"model\":{\"a\":1}}",
+        "{\"max_tokens\":1.5,\"stream\":\"true\",\"metadata\":{\"user_id\":7}}",
+        "{\"max_tokens\":-0,\"model\":\"\\u00e9t\\u00e9 \\ud83d\\ude00\"}",
+        " {\"messages\":[{\"role\":\"user\",\"content\":\"caf\xc3\xa9 "
+        "\xe6\x97\xa5\xe6\x9c\xac\"}]}\n",
+        "{}",
+    };
+    for (size_t i = 0; i < sizeof bodies / sizeof *bodies; i++) {
+        relay_request_info_t fast, slow;
+        if (!fast_info(bodies[i], &fast, &slow))
+            fail_msg("body %zu went to jansson", i);
+    }
+}
+
+/* What jansson would write differently, or read differently: the walker leaves it to jansson,
+ * and the public call still answers as jansson does. */
+static void test_request_fast_declines(void **state)
+{
+    (void)state;
+    const char *bodies[] = {
+        "{\"tools\":[{\"name\":\"x\",\"input_schema\":{\"maximum\":1.5}}]}",   /* a real */
+        "{\"tools\":[{\"name\":\"x\",\"input_schema\":{\"minimum\":-0}}]}",    /* "-0" */
+        "{\"tools\":[{\"name\":\"x\",\"input_schema\":{\"a\":1,\"a\":2}}]}",   /* duplicate */
+        "{\"tools\":[{\"name\":\"x\",\"input_schema\":{\"p\":\"a\\/b\"}}]}",   /* \/ */
+        "{\"tools\":[{\"name\":\"x\",\"input_schema\":{\"p\":\"\\u00e9\"}}]}", /* \u */
+        "{\"tools\":[{\"name\":\"x\",\"input_schema\":{\"m\":1e3}}]}",         /* exponent */
+        "{\"max_tokens\":1234567890123456789012}",                             /* too big */
+        "{\"m\\u0065ssages\":[{\"content\":\"hidden key\"}]}",                 /* escaped key */
+        "{\"messages\":[{\"content\":[{\"type\":\"t\\u0065xt\",\"text\":\"x\"}]}]}",
+        "{\"messages\":[{\"content\":\"a\\u0000b\"}]}", /* NUL: jansson refuses */
+        "{\"messages\":[{\"content\":\"\\ud800\"}]}",   /* a lone surrogate */
+        "{\"messages\":[{\"content\":\"\xc0\xaf\"}]}",  /* overlong UTF-8 */
+        "{\"model\":\"x\"} trailing",
+        "[1,2]",
+        "{\"index\":01}",
+    };
+    for (size_t i = 0; i < sizeof bodies / sizeof *bodies; i++) {
+        relay_request_info_t fast, slow, pub;
+        if (fast_info(bodies[i], &fast, &slow))
+            fail_msg("body %zu was answered without jansson", i);
+        memset(&pub, 0, sizeof pub);
+        int rc = relay_tokens_count_request(NULL, bodies[i], strlen(bodies[i]), &pub);
+        if (rc == 0)
+            assert_memory_equal(&pub, &slow, sizeof pub);
+    }
+    /* Deeper than the walker goes: jansson's answer. */
+    char deep[512] = "{\"messages\":[{\"content\":[{\"type\":\"tool_use\",\"input\":";
+    for (int i = 0; i < 40; i++)
+        strcat(deep, "[");
+    for (int i = 0; i < 40; i++)
+        strcat(deep, "]");
+    strcat(deep, "}]}]}");
+    relay_request_info_t fast, slow;
+    assert_false(fast_info(deep, &fast, &slow));
+    assert_int_equal(relay_tokens_count_request(NULL, deep, strlen(deep), &fast), 0);
+    assert_int_equal(fast.input_tokens_estimate, slow.input_tokens_estimate);
+}
+
 /* ---- BPE ---- */
 
 static void assert_ids(const relay_tokenizer_t *t, const char *text, size_t len,
@@ -383,6 +496,8 @@ int main(void)
         cmocka_unit_test(test_request_documented_example),
         cmocka_unit_test(test_request_grows_with_content),
         cmocka_unit_test(test_request_malformed),
+        cmocka_unit_test(test_request_fast_answers),
+        cmocka_unit_test(test_request_fast_declines),
         cmocka_unit_test(test_bpe_exact),
         cmocka_unit_test(test_bpe_capped_output),
         cmocka_unit_test(test_bpe_request),
