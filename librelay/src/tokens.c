@@ -245,15 +245,20 @@ static int is_space_cp(uint32_t cp)
            cp == 0x205F || cp == 0x3000;
 }
 
+/* An ASCII byte's class, with no decoding: most of what clients send is ASCII. */
+static inline enum cls ascii_cls(unsigned char b)
+{
+    if (b == ' ' || (b >= 0x09 && b <= 0x0D))
+        return C_WS;
+    if ((b | 0x20) >= 'a' && (b | 0x20) <= 'z')
+        return C_L;
+    return b >= '0' && b <= '9' ? C_N : C_O;
+}
+
 static enum cls classify(uint32_t cp)
 {
-    if (cp < 0x80) {
-        if (is_space_cp(cp))
-            return C_WS;
-        if ((cp | 0x20) >= 'a' && (cp | 0x20) <= 'z')
-            return C_L;
-        return cp >= '0' && cp <= '9' ? C_N : C_O;
-    }
+    if (cp < 0x80)
+        return ascii_cls((unsigned char)cp);
     if (is_space_cp(cp))
         return C_WS;
     if (in_ranges(cp, uni_letters, sizeof(uni_letters) / sizeof(uni_letters[0])))
@@ -294,6 +299,13 @@ static void run_of(piece_t *pc, const unsigned char *s, size_t len, size_t q, en
 {
     pc->cls = c;
     while (q < len) {
+        if (s[q] < 0x80) { /* the same steps as below, for a byte that is its own code point */
+            if (ascii_cls(s[q]) != c)
+                break;
+            pc->chars++;
+            q++;
+            continue;
+        }
         uint32_t cp;
         size_t k = utf8_next(s + q, len - q, &cp);
         if (classify(cp) != c)
