@@ -57,7 +57,7 @@ typedef struct relay_families {
     relay_metric_t *requests, *duration, *ttfb, *tokens, *quota_ratio, *active_streams;
     relay_metric_t *auth_failures, *rate_limited, *permission, *retries, *queue_depth, *drops;
     relay_metric_t *spool_bytes, *spool_full, *spool_errors, *spool_replayed, *duplicates, *db_up;
-    relay_metric_t *written, *unknown_model, *budget_ratio, *cache_hits, *bcrypt, *redis_up,
+    relay_metric_t *written, *batches, *unknown_model, *budget_ratio, *cache_hits, *bcrypt, *redis_up,
         *build_info;
     relay_metric_t *key_verify, *key_waiting, *key_timeouts, *key_unknown, *key_throttled, *cost,
         *redis_configured;
@@ -522,6 +522,9 @@ static const fam_def_t FAMILIES[] = {
         RELAY_METRIC_COUNTER, NULL, 0, -1, 0, NULL, 0),
     FAM(written, "relay_usage_rows_written_total", "Usage rows committed to the database.",
         RELAY_METRIC_COUNTER, NULL, 0, -1, 0, NULL, 0),
+    FAM(batches, "relay_usage_write_batches_total",
+        "Transactions the usage writer committed (rows are gathered for usage.flush_ms).",
+        RELAY_METRIC_COUNTER, NULL, 0, -1, 0, NULL, 0),
     FAM(spool_bytes, "relay_usage_spool_bytes",
         "Bytes of usage rows in the spool file, waiting for the database.", RELAY_METRIC_GAUGE,
         NULL, 0, -1, 0, NULL, 0),
@@ -788,6 +791,7 @@ static void refresh(relay_t *r)
     relay_metrics_set(fam->queue_depth, NULL, (double)us.depth);
     relay_metrics_set(fam->drops, NULL, (double)us.dropped);
     relay_metrics_set(fam->written, NULL, (double)us.written);
+    relay_metrics_set(fam->batches, NULL, (double)us.batches);
     relay_metrics_set(fam->spool_bytes, NULL, (double)us.spool_bytes);
     relay_metrics_set(fam->spool_full, NULL, (double)us.spool_full);
     relay_metrics_set(fam->spool_errors, NULL, (double)us.spool_errors);

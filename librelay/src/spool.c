@@ -383,26 +383,47 @@ int relay_spool_sync(relay_spool_t *sp)
     return rc;
 }
 
-/* The active file becomes the sealed one and a new one starts. Lock held. */
-static void rotate(relay_spool_t *sp)
+/* The active file becomes the sealed one and a new one starts. Lock held. Returns the sealed
+ * file's descriptor, for rotated() to make durable once the lock is released (-1: none). */
+static int rotate(relay_spool_t *sp)
 {
-    if (fdatasync(sp->fd) != 0 || rename(sp->path, sp->sealed) != 0) {
+    if (rename(sp->path, sp->sealed) != 0) {
         sp->st.errors++;
-        return;
+        return -1;
     }
-    close(sp->fd);
-    if (sp->dir_fd >= 0)
-        fsync(sp->dir_fd); /* the rename itself must survive a crash */
+    int old = sp->fd;
     sp->have_sealed = 1;
     sp->sealed_bytes = sp->active_bytes;
     sp->sealed_last_seq = sp->last_seq;
     sp->active_bytes = 0;
     if (open_active(sp) != 0)
         sp->st.errors++;
+    return old;
+}
+
+/*
+ * The sealed file's data and its rename reach the disk outside the lock: rotate() used to
+ * fdatasync under it, and every request thread appending a row (holding the usage queue's
+ * lock too) waited for that disk flush, milliseconds each time the spool passed rotate_at.
+ * A crash before this finishes leaves what any not yet synced append leaves: whole lines
+ * replayed, a torn last one ignored.
+ */
+static void rotated(relay_spool_t *sp, int old)
+{
+    int bad = fdatasync(old) != 0;
+    close(old);
+    if (sp->dir_fd >= 0)
+        bad |= fsync(sp->dir_fd) != 0;
+    if (bad) {
+        pthread_mutex_lock(&sp->mu);
+        sp->st.errors++;
+        pthread_mutex_unlock(&sp->mu);
+    }
 }
 
 void relay_spool_written(relay_spool_t *sp, uint64_t seq_written, int all)
 {
+    int old = -1;
     pthread_mutex_lock(&sp->mu);
     if (sp->have_sealed && seq_written >= sp->sealed_last_seq) {
         if (unlink(sp->sealed) != 0 && errno != ENOENT)
@@ -416,10 +437,12 @@ void relay_spool_written(relay_spool_t *sp, uint64_t seq_written, int all)
         else
             sp->st.errors++;
     } else if (!sp->have_sealed && sp->fd >= 0 && sp->active_bytes >= sp->rotate_at) {
-        rotate(sp);
+        old = rotate(sp);
     }
     sp->st.bytes = sp->active_bytes + sp->sealed_bytes;
     pthread_mutex_unlock(&sp->mu);
+    if (old >= 0)
+        rotated(sp, old);
 }
 
 void relay_spool_get_stats(relay_spool_t *sp, relay_spool_stats_t *out)

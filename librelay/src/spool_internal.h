@@ -50,7 +50,9 @@ int relay_spool_append(relay_spool_t *sp, const relay_usage_row_t *row, uint64_t
                        int *errno_out);
 /* fdatasync of what was appended since the last call. 0 or RELAY_ERR_IO. */
 int relay_spool_sync(relay_spool_t *sp);
-/* Every row up to sequence number seq_written is stored; all: every row queued is. */
+/* Every row up to sequence number seq_written is stored; all: every row queued then was (a row
+ * appended later, with a higher sequence number, is never dropped). A rotation's disk flush runs
+ * after the spool's lock is released; call it without holding the usage queue's lock. */
 void relay_spool_written(relay_spool_t *sp, uint64_t seq_written, int all);
 void relay_spool_get_stats(relay_spool_t *sp, relay_spool_stats_t *out);
 

@@ -89,6 +89,7 @@ RELAY_API int relay_metrics_render(relay_metrics_t *m, char **out, size_t *len);
  *   relay_permission_denied_total{reason}     relay_upstream_retries_total
  *   relay_usage_write_queue_depth             relay_usage_write_drops_total
  *   relay_usage_rows_written_total            relay_unpriced_requests_total{model}
+ *   relay_usage_write_batches_total
  *   relay_key_cache_hits_total                relay_key_bcrypt_total
  *   relay_key_verify_seconds{result}          relay_key_verify_waiting
  *   relay_key_verify_timeouts_total

@@ -31,6 +31,8 @@ RELAY_API int relay_usage_flush(relay_t *r, int timeout_ms);
 typedef struct relay_usage_stats {
     uint64_t queued;         /* rows accepted */
     uint64_t written;        /* rows committed */
+    uint64_t batches;        /* transactions that committed rows (one per usage.flush_ms at most,
+                              * unless a batch fills up or a flush asks) */
     uint64_t dropped;        /* rows lost because the queue was full (must stay 0) */
     uint64_t failed_batches; /* transactions that failed and were retried */
     uint64_t depth;          /* rows waiting now */
