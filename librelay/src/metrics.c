@@ -57,8 +57,8 @@ typedef struct relay_families {
     relay_metric_t *requests, *duration, *ttfb, *tokens, *quota_ratio, *active_streams;
     relay_metric_t *auth_failures, *rate_limited, *permission, *retries, *queue_depth, *drops;
     relay_metric_t *spool_bytes, *spool_full, *spool_errors, *spool_replayed, *duplicates, *db_up;
-    relay_metric_t *written, *batches, *unknown_model, *budget_ratio, *cache_hits, *bcrypt, *redis_up,
-        *build_info;
+    relay_metric_t *written, *batches, *unknown_model, *budget_ratio, *cache_hits, *bcrypt,
+        *redis_up, *build_info;
     relay_metric_t *key_verify, *key_waiting, *key_timeouts, *key_unknown, *key_throttled, *cost,
         *redis_configured;
     relay_metric_t *up_requests, *up_up, *up_in_flight, *up_failovers, *up_cooldowns;
