@@ -44,6 +44,15 @@ void relay_spool_close(relay_spool_t *sp);
  */
 size_t relay_spool_replay(relay_spool_t *sp, uint64_t (*fn)(void *ud, const relay_usage_row_t *row),
                           void *ud);
+/* The row's spool line (newline included) into *len bytes, for relay_spool_append_line; free it
+ * with relay_spool_line_free. NULL when out of memory. Any thread, no lock: callers encode before
+ * taking the lock that orders appends. */
+char *relay_spool_encode(const relay_usage_row_t *row, size_t *len);
+/* Appends an encoded line, queued as sequence number seq: relay_spool_append without encoding. */
+int relay_spool_append_line(relay_spool_t *sp, char *line, size_t len, uint64_t seq,
+                            int *errno_out);
+/* Wipes (it holds the row's client IP and error text) and frees a line; NULL is fine. */
+void relay_spool_line_free(char *line, size_t len);
 /* Appends row, queued as sequence number seq. 0, RELAY_ERR_TOO_LARGE (full) or RELAY_ERR_IO
  * (errno_out says why; nothing of the row stays in the file). */
 int relay_spool_append(relay_spool_t *sp, const relay_usage_row_t *row, uint64_t seq,

@@ -97,12 +97,17 @@ int relay_usage_record(relay_t *r, const relay_usage_row_t *row_in)
     uint8_t uid[16];
     if (!row.row_uid[0] && relay_random_bytes(uid, sizeof uid) == 0)
         relay_hex(uid, sizeof uid, row.row_uid);
+    /* Encoded before the lock every request thread takes to queue its row (callgrind: ~19 k
+     * instructions a row); only the append, which must follow the sequence, stays under it. */
+    size_t line_len = 0;
+    char *line = u->spool ? relay_spool_encode(&row, &line_len) : NULL;
     pthread_mutex_lock(&u->mu);
     if (u->count == u->cap && ring_grow(u) != 0) {
         /* Full (the database has been away for long): the row is lost, and the loss counted. The
          * queued rows are kept because a batch of them may be in flight. */
         u->stats.dropped++;
         pthread_mutex_unlock(&u->mu);
+        relay_spool_line_free(line, line_len);
         relay_log(r, RELAY_LOG_ERROR, "usage.row_dropped", NULL,
                   "usage queue full (%zu rows); row dropped", u->max);
         return RELAY_ERR_OVERLOADED;
@@ -111,7 +116,8 @@ int relay_usage_record(relay_t *r, const relay_usage_row_t *row_in)
      * order, so the spool knows which rows each of its files holds. */
     int srs = 0, err_no = 0, first = 0;
     if (u->spool)
-        srs = relay_spool_append(u->spool, &row, u->seq_queued + 1, &err_no);
+        srs = line ? relay_spool_append_line(u->spool, line, line_len, u->seq_queued + 1, &err_no)
+                   : RELAY_ERR_NOMEM;
     if (srs) {
         first = !u->spool_trouble;
         u->spool_trouble = 1;
@@ -124,6 +130,7 @@ int relay_usage_record(relay_t *r, const relay_usage_row_t *row_in)
     if (u->count == 1 || u->count == u->batch_max)
         pthread_cond_signal(&u->wake);
     pthread_mutex_unlock(&u->mu);
+    relay_spool_line_free(line, line_len);
     if (srs)
         spool_report(r, srs, err_no, first);
     return 0;
