@@ -435,7 +435,9 @@ static int sink_whole(void *ud, int status, const relay_http_header_t *headers, 
 
 #define CHUNK_PIECE 16384
 
-/* One chunk per write: size line, data and CRLF leave together (one packet, not three). */
+/* One chunk per write: size line, data and CRLF leave together (one packet, not three). The
+ * frame is on the heap: on the stack it put mg_write's frames 16 KiB deeper, and a worker keeps
+ * every stack page it touched (perf -e page-faults at 1,000 new streams: sink_body 14%). */
 static int sink_body(void *ud, const char *data, size_t len)
 {
     server_sink_t *ctx = ud;
@@ -444,7 +446,9 @@ static int sink_body(void *ud, const char *data, size_t len)
         return 0; /* an answer to HEAD has no body */
     if (!ctx->chunked)
         return len && mg_write(conn, data, len) != (int)len ? -1 : 0;
-    char frame[CHUNK_PIECE + 32];
+    if (!ctx->frame && !(ctx->frame = malloc(CHUNK_PIECE + 32)))
+        return -1;
+    char *frame = ctx->frame;
     while (len) {
         size_t n = len > CHUNK_PIECE ? CHUNK_PIECE : len;
         int hl = snprintf(frame, 32, "%zx\r\n", n);
@@ -481,6 +485,8 @@ void server_sink_end(server_sink_t *ctx)
 
 void server_sink_free(server_sink_t *ctx)
 {
+    free(ctx->frame);
+    ctx->frame = NULL;
     server_out_free(&ctx->pending);
 }
 

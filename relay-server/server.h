@@ -84,6 +84,7 @@ typedef struct server_sink {
     int chunked;   /* the body is chunked (HTTP/1.1); else it runs to the connection's end */
     int whole;     /* the answer is whole (content-length), waiting in pending */
     int fd;        /* the client socket for librelay's direct writes, -1: none */
+    char *frame;   /* a chunk's size line, data and CRLF, for one write (heap: see sink_body) */
     server_out_t pending;
 } server_sink_t;
 void server_sink_init(relay_sink_t *sink, server_sink_t *ctx, struct mg_connection *conn,
