@@ -297,11 +297,6 @@ static void sleep_ms(int ms)
 }
 
 /*
- * SIGTERM/SIGINT: turn new requests away (503, Connection: close), let the requests in flight
- * finish within the grace period, then stop CivetWeb and flush pending usage rows. CivetWeb's
- * own stop makes every write fail at once, so it runs only after the drain.
- */
-/*
  * Gives the heap's free pages back after a burst. glibc keeps what a thousand streams freed in
  * its arenas (RSS stayed at the burst's peak); malloc_trim returns the free pages to the kernel.
  * Once per TRIM_EVERY_MS, and only when the requests in flight are under half of the peak since
@@ -323,6 +318,11 @@ static void trim_after_bursts(server_t *s, int *peak, int64_t *since_ms)
     *since_ms = 0;
 }
 
+/*
+ * SIGTERM/SIGINT: turn new requests away (503, Connection: close), let the requests in flight
+ * finish within the grace period, then stop CivetWeb and flush pending usage rows. CivetWeb's
+ * own stop makes every write fail at once, so it runs only after the drain.
+ */
 static int wait_and_stop(server_t *s)
 {
     int peak = 0;

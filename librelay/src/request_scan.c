@@ -56,6 +56,11 @@ static char *scratch(rq_t *q, size_t n)
     return q->scratch;
 }
 
+static int has_escape(const char *b, const char *e)
+{
+    return memchr(b, '\\', (size_t)(e - b)) != NULL;
+}
+
 typedef struct obj_walk {
     rq_t *q;
     field_t *f;
@@ -65,7 +70,7 @@ typedef struct obj_walk {
 static int on_key(void *ud, relay_jscan_t *s, const char *kb, const char *ke, int depth)
 {
     obj_walk_t *o = ud;
-    if (memchr(kb, '\\', (size_t)(ke - kb)))
+    if (has_escape(kb, ke))
         return 0; /* an escaped key may spell a wanted one */
     field_t *hit = NULL;
     for (size_t i = 0; i < o->nf && !hit; i++)
@@ -98,6 +103,13 @@ static int fields_of(rq_t *q, const relay_jval_t *v, field_t *f, size_t nf, int 
     return obj_fields(q, &s, f, nf, depth);
 }
 
+/* A type name is compared as written: one with an escape may spell any of them, and goes to
+ * jansson. A value that is not a string is fine (it names no type). */
+static int plain_name(const relay_jval_t *v)
+{
+    return v->kind != RELAY_JV_STRING || !has_escape(v->b, v->e);
+}
+
 static int is_string(const relay_jval_t *v, const char *lit)
 {
     return v->kind == RELAY_JV_STRING && relay_js_is(v->b, v->e, lit);
@@ -112,7 +124,7 @@ static int string_of(rq_t *q, const relay_jval_t *v, const char **b, size_t *n)
     if (v->kind != RELAY_JV_STRING)
         return 1;
     size_t raw = (size_t)(v->e - v->b);
-    if (!memchr(v->b, '\\', raw)) {
+    if (!has_escape(v->b, v->e)) {
         *b = v->b;
         *n = raw;
         return 1;
@@ -176,8 +188,8 @@ static int dump_container(rq_t *q, relay_jscan_t *s, char **o, int object, int d
         do {
             const char *kb, *ke;
             if (object) {
-                if (!relay_js_string(s, &kb, &ke) || !relay_js_char(s, ':') ||
-                    memchr(kb, '\\', (size_t)(ke - kb)) || !new_key(q, mark, kb, ke))
+                if (!relay_js_string(s, &kb, &ke) || !relay_js_char(s, ':') || has_escape(kb, ke) ||
+                    !new_key(q, mark, kb, ke))
                     return 0;
                 *(*o)++ = '"';
                 memcpy(*o, kb, (size_t)(ke - kb));
@@ -251,7 +263,7 @@ static int count_document(rq_t *q, const relay_jval_t *src, int depth, int64_t *
     field_t f[] = {F("type", NULL), F("data", NULL), F("content", walk_content)};
     if (!fields_of(q, src, f, 3, depth))
         return 0;
-    if (f[0].v.kind == RELAY_JV_STRING && memchr(f[0].v.b, '\\', (size_t)(f[0].v.e - f[0].v.b)))
+    if (!plain_name(&f[0].v))
         return 0;
     if (is_string(&f[0].v, "base64")) {
         const char *b;
@@ -285,7 +297,7 @@ static int walk_block(rq_t *q, relay_jscan_t *s, int depth, int64_t *n)
     const relay_jval_t *type = &f[TYPE].v;
     if (type->kind != RELAY_JV_STRING)
         return count_json(q, &whole, n);
-    if (memchr(type->b, '\\', (size_t)(type->e - type->b)))
+    if (!plain_name(type))
         return 0;
     if (is_string(type, "text"))
         return count_str(q, &f[TEXT].v, n);
@@ -313,9 +325,18 @@ static int walk_block(rq_t *q, relay_jscan_t *s, int depth, int64_t *n)
     return count_json(q, &whole, n);
 }
 
-/* Elements of an array, each walked (the caller is at its '['). */
+static int at(relay_jscan_t *s, char c)
+{
+    relay_js_ws(s);
+    return s->p < s->end && *s->p == c;
+}
+
+/* Elements of an array, each walked; another value is checked and counts nothing (jansson's
+ * json_array_foreach over a non-array). */
 static int walk_array(rq_t *q, relay_jscan_t *s, int depth, int64_t *n, walk_fn each, int *count)
 {
+    if (!at(s, '['))
+        return relay_js_value(s, NULL, depth);
     if (depth >= RELAY_JS_MAX_DEPTH || !relay_js_char(s, '['))
         return 0;
     if (relay_js_char(s, ']'))
@@ -327,12 +348,6 @@ static int walk_array(rq_t *q, relay_jscan_t *s, int depth, int64_t *n, walk_fn 
             (*count)++;
     } while (relay_js_char(s, ','));
     return relay_js_char(s, ']');
-}
-
-static int at(relay_jscan_t *s, char c)
-{
-    relay_js_ws(s);
-    return s->p < s->end && *s->p == c;
 }
 
 /* count_content: a string's text, an array's blocks, nothing for another value. */
@@ -358,8 +373,6 @@ static int walk_message(rq_t *q, relay_jscan_t *s, int depth, int64_t *n)
 
 static int walk_messages(rq_t *q, relay_jscan_t *s, int depth, int64_t *n)
 {
-    if (!at(s, '['))
-        return relay_js_value(s, NULL, depth);
     return walk_array(q, s, depth, n, walk_message, NULL);
 }
 
@@ -377,8 +390,6 @@ static int walk_tool(rq_t *q, relay_jscan_t *s, int depth, int64_t *n)
 static int walk_tools(rq_t *q, relay_jscan_t *s, int depth, int64_t *n)
 {
     q->tools_n = 0;
-    if (!at(s, '['))
-        return relay_js_value(s, NULL, depth);
     return walk_array(q, s, depth, n, walk_tool, &q->tools_n);
 }
 
@@ -404,7 +415,7 @@ static int fill_info(rq_t *q, field_t *f, relay_request_info_t *info)
     if (!fields_of(q, &f[CHOICE].v, choice, 1, 1) || !fields_of(q, &f[METADATA].v, meta, 1, 1))
         return 0;
     const relay_jval_t *ct = &choice[0].v;
-    if (ct->kind == RELAY_JV_STRING && memchr(ct->b, '\\', (size_t)(ct->e - ct->b)))
+    if (!plain_name(ct))
         return 0;
     int64_t n = REQ_BASE_TOKENS + f[SYSTEM].n + f[MESSAGES].n;
     if (f[TOOLS].v.kind != RELAY_JV_NONE && q->tools_n > 0)

@@ -118,9 +118,9 @@ static int field_write(relay_buf_t *b, const relay_usage_row_t *row, const field
     }
 }
 
-/* The row's line, newline included. Written directly (the
- * jansson object and json_dumps cost ~107k instructions a row, a fifth of a request's; callgrind),
- * read back with jansson (decode), which the unit test holds it to. */
+/* The row's line, newline included. Written directly (the jansson object and json_dumps cost
+ * ~107k instructions a row, a fifth of a request's; callgrind), read back with jansson (decode),
+ * which the unit test holds it to. */
 char *relay_spool_encode(const relay_usage_row_t *row, size_t *len)
 {
     relay_buf_t b;

@@ -440,16 +440,12 @@ typedef struct msg_fields {
     relay_jval_t err_type, err_message;
 } msg_fields_t;
 
-typedef struct want want_t;
-static int js_object(relay_jscan_t *s, msg_fields_t *m, const want_t *w, size_t nw, int depth,
-                     void (*reset)(msg_fields_t *m, const char *key));
-
-struct want {
+typedef struct want {
     const char *key;
     relay_jval_t *into;
-    int (*walk)(relay_jscan_t *s, msg_fields_t *m,
-                int depth); /* an object to look inside, or NULL */
-};
+    /* an object to look inside, or NULL */
+    int (*walk)(relay_jscan_t *s, msg_fields_t *m, int depth);
+} want_t;
 
 typedef struct obj_walk {
     msg_fields_t *m;
