@@ -63,9 +63,18 @@ const char *testredis_url(void)
     }
     if (*hostport)
         snprintf(host, sizeof host, "%s", hostport);
+    /* The directory relaytest.py's tempfile.gettempdir() picks, or the two would not see each
+     * other's leases. */
+    const char *tmp = getenv("TMPDIR");
+    if (!tmp || !*tmp)
+        tmp = getenv("TEMP");
+    if (!tmp || !*tmp)
+        tmp = getenv("TMP");
+    if (!tmp || !*tmp)
+        tmp = "/tmp";
     for (int n = 1; n <= 15; n++) {
-        char lock[64];
-        snprintf(lock, sizeof lock, "/tmp/relaytest-redis-db-%d.lock", n);
+        char lock[4096];
+        snprintf(lock, sizeof lock, "%s/relaytest-redis-db-%d.lock", tmp, n);
         int fd = open(lock, O_CREAT | O_RDWR | O_CLOEXEC, 0666);
         if (fd < 0)
             continue;

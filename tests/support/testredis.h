@@ -5,9 +5,10 @@
 /*
  * The URL of one logical database (1..15) that no other test process holds, flushed, or NULL
  * when RELAY_TEST_REDIS_URL is unset (the caller skips its Redis part). It is leased the way
- * tests/relaytest.py leases them, by an flock on /tmp/relaytest-redis-db-<n>.lock held until the
- * process exits, so C suites and the e2e suites running in parallel never share one. Aborts the
- * test run when all 15 are held or the server cannot be flushed. Main thread, once per process.
+ * tests/relaytest.py leases them, by an flock on $TMPDIR/relaytest-redis-db-<n>.lock (/tmp by
+ * default) held until the process exits, so C suites and the e2e suites running in parallel never
+ * share one. Aborts the test run when all 15 are held or the server cannot be flushed. Main thread,
+ * once per process.
  */
 const char *testredis_url(void);
 
