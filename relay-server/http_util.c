@@ -153,6 +153,7 @@ int server_request_read(server_t *s, struct mg_connection *conn, server_request_
                         size_t max_body)
 {
     memset(req, 0, sizeof *req);
+    req->fd = server_conn_fd(conn);
     const struct mg_request_info *ri = mg_get_request_info(conn);
     req->http.method = ri->request_method;
     req->http.path = ri->local_uri_raw ? ri->local_uri_raw : ri->local_uri;
@@ -490,13 +491,13 @@ void server_sink_free(server_sink_t *ctx)
     server_out_free(&ctx->pending);
 }
 
-void server_sink_init(relay_sink_t *sink, server_sink_t *ctx, struct mg_connection *conn,
+void server_sink_init(relay_sink_t *sink, server_sink_t *ctx, struct mg_connection *conn, int fd,
                       const char *method)
 {
     memset(ctx, 0, sizeof *ctx);
     server_out_init(&ctx->pending);
     ctx->conn = conn;
-    ctx->fd = server_conn_fd(conn);
+    ctx->fd = fd;
     ctx->head_only = strcmp(method, "HEAD") == 0;
     sink->ud = ctx;
     sink->head = sink_head;

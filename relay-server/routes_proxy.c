@@ -37,10 +37,11 @@ static int proxy_call(server_t *s, struct mg_connection *conn, server_request_t 
 {
     relay_sink_t *sink = &c->sink;
     server_sink_t *ctx = &c->ctx;
-    server_sink_init(sink, ctx, conn, req->http.method);
+    server_sink_init(sink, ctx, conn, req->fd, req->http.method);
     /* A client that gave up while its request waited for a worker is answered by no one and
-     * forwarded to no one: nothing was done for it, so nothing is billed. */
-    if (ctx->fd >= 0 && server_conn_closed(ctx->fd)) {
+     * forwarded to no one: nothing was done for it, so nothing is billed. Only a connection's
+     * first request can have waited (strace: one poll a request saved). */
+    if (ctx->fd >= 0 && server_conn_first(ctx->fd) && server_conn_closed(ctx->fd)) {
         mg_disable_keep_alive(conn);
         server_log(RELAY_LOG_INFO, "proxy.client_gone_before_start", NULL,
                    "%s %s: the client closed the connection before the request was handled; not "

@@ -36,6 +36,7 @@ typedef struct server_request {
     relay_http_header_t headers[SERVER_MAX_HEADERS];
     char client_ip[64];
     char *body;
+    int fd; /* the plain socket behind the connection (server_conn_fd), -1: unknown */
 } server_request_t;
 
 /*
@@ -87,7 +88,7 @@ typedef struct server_sink {
     char *frame;   /* a chunk's size line, data and CRLF, for one write (heap: see sink_body) */
     server_out_t pending;
 } server_sink_t;
-void server_sink_init(relay_sink_t *sink, server_sink_t *ctx, struct mg_connection *conn,
+void server_sink_init(relay_sink_t *sink, server_sink_t *ctx, struct mg_connection *conn, int fd,
                       const char *method);
 /* Ends the answer: writes a pending whole answer, or ends a chunked body (the zero-length
  * chunk). Call once the request is settled, unless the client left or the body was cut. */
@@ -100,6 +101,9 @@ void server_sink_free(server_sink_t *ctx);
 int server_conn_fd(struct mg_connection *conn);
 /* Has the client closed its side (or the connection failed)? Never blocks. */
 int server_conn_closed(int fd);
+/* Has no request on fd ended since it was accepted? Only such a request can have waited in
+ * CivetWeb's queue: a keep-alive connection keeps its worker between requests. */
+int server_conn_first(int fd);
 /* Notes that a request on fd ended: its time and the bytes received so far (TCP_INFO), so that
  * a refusal by CivetWeb of the next request can tell a slow one from an oversized one. */
 void server_conn_mark(int fd);

@@ -33,6 +33,7 @@ typedef struct peer {
     int next; /* next fd in the bucket, -1 */
     uint16_t port;
     char addr[INET6_ADDRSTRLEN];
+    int served;          /* a request on it has ended since the accept */
     int64_t mark_ms;     /* when the last request on it ended (or it was accepted) */
     uint64_t mark_bytes; /* bytes received by then */
 } peer_t;
@@ -116,6 +117,7 @@ static void record(int fd, const struct sockaddr *sa)
     size_t b = bucket_of(addr, port);
     e->next = g_bucket[b];
     e->used = 1;
+    e->served = 0;
     e->mark_ms = now_ms();
     e->mark_bytes = 0;
     g_bucket[b] = fd;
@@ -181,9 +183,20 @@ void server_conn_mark(int fd)
         return;
     uint64_t bytes = bytes_received(fd);
     pthread_mutex_lock(&g_mu);
+    g_by_fd[fd].served = 1;
     g_by_fd[fd].mark_ms = now_ms();
     g_by_fd[fd].mark_bytes = bytes;
     pthread_mutex_unlock(&g_mu);
+}
+
+int server_conn_first(int fd)
+{
+    if (fd < 0 || fd >= MAX_FD)
+        return 1;
+    pthread_mutex_lock(&g_mu);
+    int first = !g_by_fd[fd].served;
+    pthread_mutex_unlock(&g_mu);
+    return first;
 }
 
 int server_conn_since_mark(int fd, int64_t *ms, uint64_t *bytes)
