@@ -2,6 +2,7 @@
 #include "util.h"
 
 #include <errno.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -139,12 +140,57 @@ int relay_random_bytes(void *buf, size_t n)
     return 0;
 }
 
+#define ID_POOL 256
+
+static unsigned g_fork_gen; /* bumped in a forked child: its threads' pools are the parent's */
+static pthread_once_t g_fork_once = PTHREAD_ONCE_INIT;
+
+static void id_pool_forked(void)
+{
+    __atomic_add_fetch(&g_fork_gen, 1, __ATOMIC_RELAXED);
+}
+
+static void id_pool_init(void)
+{
+    pthread_atfork(NULL, NULL, id_pool_forked);
+}
+
+int relay_random_id_bytes(void *buf, size_t n)
+{
+    static __thread struct {
+        uint8_t b[ID_POOL];
+        size_t left;
+        unsigned gen;
+    } pool;
+    pthread_once(&g_fork_once, id_pool_init);
+    unsigned gen = __atomic_load_n(&g_fork_gen, __ATOMIC_RELAXED);
+    if (pool.gen != gen) {
+        pool.left = 0;
+        pool.gen = gen;
+    }
+    if (n > ID_POOL)
+        return relay_random_bytes(buf, n);
+    if (pool.left < n) {
+        int rc = relay_random_bytes(pool.b, sizeof pool.b);
+        if (rc) {
+            pool.left = 0;
+            return rc;
+        }
+        pool.left = sizeof pool.b;
+    }
+    uint8_t *src = pool.b + sizeof pool.b - pool.left;
+    memcpy(buf, src, n);
+    memset(src, 0, n); /* each byte is handed out once */
+    pool.left -= n;
+    return 0;
+}
+
 int relay_uuid4(char *out, size_t cap)
 {
     uint8_t b[16];
     if (cap < 37)
         return RELAY_ERR_INVALID;
-    int rc = relay_random_bytes(b, sizeof b);
+    int rc = relay_random_id_bytes(b, sizeof b);
     if (rc)
         return rc;
     b[6] = (uint8_t)((b[6] & 0x0f) | 0x40);

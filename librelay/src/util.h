@@ -27,6 +27,13 @@ int relay_parse_iso8601(const char *s, int64_t *t);
 
 /* Fills buf with n bytes from the operating system's random source. 0 or RELAY_ERR_IO. */
 int relay_random_bytes(void *buf, size_t n);
+/*
+ * Random bytes for identifiers (UUIDs, admission ids, usage row ids): the same source, drawn
+ * 256 bytes at a time per thread, so a request does not pay a getrandom() per id (strace: two a
+ * request). A forked child draws afresh. Not for secrets: those use relay_random_bytes, so their
+ * bytes never wait in memory before use.
+ */
+int relay_random_id_bytes(void *buf, size_t n);
 /* A random UUID v4, lower-case, into out (cap >= 37). */
 int relay_uuid4(char *out, size_t cap);
 /* Is s a UUID in 8-4-4-4-12 hex form? */

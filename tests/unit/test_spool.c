@@ -16,7 +16,12 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <pthread.h>
+#include <sys/wait.h>
+
 #include "spool_internal.h"
+#include "usage_internal.h"
+#include "util.h"
 
 static char dir[64];
 
@@ -240,9 +245,95 @@ static void test_file_size_limit_leaves_no_half_row(void **state)
     relay_spool_close(sp);
 }
 
+/* ---- row ids ---- */
+static int cmp16(const void *a, const void *b)
+{
+    return memcmp(a, b, 16);
+}
+
+/* Ids come from a per-thread pool: each byte once, refilled past its end, never all zero. */
+static void test_id_bytes_distinct(void **state)
+{
+    (void)state;
+    enum { N = 4096 };
+    static uint8_t ids[N][16];
+    for (int i = 0; i < N; i++)
+        assert_int_equal(relay_random_id_bytes(ids[i], 16), 0);
+    qsort(ids, N, 16, cmp16);
+    static const uint8_t zero[16];
+    assert_memory_not_equal(ids[0], zero, 16);
+    for (int i = 1; i < N; i++)
+        assert_memory_not_equal(ids[i - 1], ids[i], 16);
+    /* odd sizes across the refill */
+    uint8_t a[200], b[200];
+    assert_int_equal(relay_random_id_bytes(a, sizeof a), 0);
+    assert_int_equal(relay_random_id_bytes(b, sizeof b), 0);
+    assert_memory_not_equal(a, b, sizeof a);
+}
+
+static void *draw16(void *out)
+{
+    relay_random_id_bytes(out, 16);
+    return NULL;
+}
+
+/* Another thread, or a forked child, does not repeat what this thread's pool would give next. */
+static void test_id_bytes_threads_and_fork(void **state)
+{
+    (void)state;
+    uint8_t mine[16], theirs[16];
+    assert_int_equal(relay_random_id_bytes(mine, 16), 0); /* this thread's pool is filled */
+    pthread_t t;
+    assert_int_equal(pthread_create(&t, NULL, draw16, theirs), 0);
+    pthread_join(t, NULL);
+    assert_int_equal(relay_random_id_bytes(mine, 16), 0);
+    assert_memory_not_equal(mine, theirs, 16);
+
+    int fds[2];
+    assert_int_equal(pipe(fds), 0);
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        uint8_t c[16];
+        int ok = relay_random_id_bytes(c, 16) == 0 && write(fds[1], c, 16) == 16;
+        _exit(ok ? 0 : 1);
+    }
+    uint8_t child[16], parent[16];
+    assert_int_equal(read(fds[0], child, 16), 16);
+    int st = 0;
+    waitpid(pid, &st, 0);
+    assert_true(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+    close(fds[0]);
+    close(fds[1]);
+    assert_int_equal(relay_random_id_bytes(parent, 16), 0);
+    assert_memory_not_equal(child, parent, 16); /* the child did not reuse the parent's pool */
+}
+
+/* A row_uid is 32 hex digits: the milliseconds first (so ids sort by time), then random. */
+static void test_row_uid_sorts_by_time(void **state)
+{
+    (void)state;
+    char a[33], b[33], c[33];
+    int64_t ms = 1764672000123; /* 2025-12-02T10:40:00.123Z */
+    assert_int_equal(relay_usage_new_row_uid(ms, a), 0);
+    assert_int_equal(relay_usage_new_row_uid(ms, b), 0);
+    assert_int_equal(relay_usage_new_row_uid(ms + 1, c), 0);
+    assert_int_equal(strlen(a), 32);
+    assert_int_equal(strspn(a, "0123456789abcdef"), 32);
+    char want[13];
+    snprintf(want, sizeof want, "%012llx", (unsigned long long)ms);
+    assert_memory_equal(a, want, 12);
+    assert_memory_equal(b, want, 12);
+    assert_string_not_equal(a, b);
+    assert_true(strcmp(a, c) < 0 && strcmp(b, c) < 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_id_bytes_distinct),
+        cmocka_unit_test(test_id_bytes_threads_and_fork),
+        cmocka_unit_test(test_row_uid_sorts_by_time),
         cmocka_unit_test_setup_teardown(test_rows_come_back_in_order_and_whole, setup, teardown),
         cmocka_unit_test_setup_teardown(test_odd_values_round_trip, setup, teardown),
         cmocka_unit_test_setup_teardown(test_second_opener_is_refused, setup, teardown),
