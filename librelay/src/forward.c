@@ -34,6 +34,7 @@
  */
 typedef struct pooled {
     CURL *h;
+    CURLM *m; /* the transfer's own multi handle (and connection cache) when run inline */
     int64_t idle_since_ms;
 } pooled_t;
 
@@ -110,6 +111,15 @@ int relay_forward_start(relay_t *r, relay_error_t *err)
     return 0;
 }
 
+/* An inline handle's multi holds its upstream connection: both go together. */
+static void handle_free(CURL *h, CURLM *m)
+{
+    if (h)
+        curl_easy_cleanup(h);
+    if (m)
+        curl_multi_cleanup(m);
+}
+
 void relay_forward_stop(relay_t *r)
 {
     struct relay_forward_state *f = r->forward;
@@ -120,7 +130,7 @@ void relay_forward_stop(relay_t *r)
     handle_pool_t *pools[] = {&f->pool, &f->ipool};
     for (size_t k = 0; k < 2; k++) {
         for (size_t i = 0; i < pools[k]->n; i++)
-            curl_easy_cleanup(pools[k]->items[i].h);
+            handle_free(pools[k]->items[i].h, pools[k]->items[i].m);
         free(pools[k]->items);
     }
     pthread_mutex_destroy(&f->pool_mu);
@@ -136,31 +146,42 @@ static handle_pool_t *pool_of(struct relay_forward_state *f, int inline_xfer)
     return inline_xfer ? &f->ipool : &f->pool;
 }
 
-static CURL *easy_get(struct relay_forward_state *f, int inline_xfer)
+/* A handle from the stack, or a new one; *m gets its multi handle when inline (NULL when either
+ * cannot be made). */
+static CURL *easy_get(struct relay_forward_state *f, int inline_xfer, CURLM **m)
 {
     CURL *h = NULL;
+    *m = NULL;
     handle_pool_t *p = pool_of(f, inline_xfer);
     pthread_mutex_lock(&f->pool_mu);
-    if (p->n)
-        h = p->items[--p->n].h;
+    if (p->n) {
+        p->n--;
+        h = p->items[p->n].h;
+        *m = p->items[p->n].m;
+    }
     pthread_mutex_unlock(&f->pool_mu);
-    if (h)
+    if (h) {
         curl_easy_reset(h);
-    else
-        h = curl_easy_init();
+        return h;
+    }
+    h = curl_easy_init();
+    if (h && inline_xfer && !(*m = curl_multi_init())) {
+        curl_easy_cleanup(h);
+        h = NULL;
+    }
     return h;
 }
 
 /* Returns h to the top of the stack; a handle idle at the bottom for longer than the upstream
  * would keep its connection is closed, so a burst's handles do not hold sockets forever. */
-static void easy_put(struct relay_forward_state *f, CURL *h, int inline_xfer)
+static void easy_put(struct relay_forward_state *f, CURL *h, CURLM *m, int inline_xfer)
 {
-    CURL *stale = NULL;
+    pooled_t stale = {0};
     int64_t now = relay_mono_ms();
     handle_pool_t *hp = pool_of(f, inline_xfer);
     pthread_mutex_lock(&f->pool_mu);
     if (hp->n && now - hp->items[0].idle_since_ms > POOL_IDLE_MS) {
-        stale = hp->items[0].h;
+        stale = hp->items[0];
         memmove(hp->items, hp->items + 1, (hp->n - 1) * sizeof *hp->items);
         hp->n--;
     }
@@ -169,18 +190,16 @@ static void easy_put(struct relay_forward_state *f, CURL *h, int inline_xfer)
         pooled_t *p = nc <= POOL_MAX ? realloc(hp->items, nc * sizeof *p) : NULL;
         if (!p) {
             pthread_mutex_unlock(&f->pool_mu);
-            curl_easy_cleanup(h);
-            if (stale)
-                curl_easy_cleanup(stale);
+            handle_free(h, m);
+            handle_free(stale.h, stale.m);
             return;
         }
         hp->items = p;
         hp->cap = nc;
     }
-    hp->items[hp->n++] = (pooled_t){h, now};
+    hp->items[hp->n++] = (pooled_t){h, m, now};
     pthread_mutex_unlock(&f->pool_mu);
-    if (stale)
-        curl_easy_cleanup(stale);
+    handle_free(stale.h, stale.m);
 }
 
 int relay_forward_is_billable(const relay_http_request_t *req)
@@ -345,6 +364,7 @@ typedef struct fwd {
     int direct_fd, direct_chunked; /* the host's socket for direct writes (-1: none) */
     relay_loop_t *loop;            /* the I/O thread running the current attempt */
     int inline_xfer;               /* the attempts run on this thread (not a stream) */
+    CURLM *multi;                  /* inline: the handle's own multi handle */
     /* the pool */
     relay_upstream_query_t q;
     relay_upstream_lease_t lease; /* the current attempt's upstream */
@@ -878,6 +898,35 @@ static void pump(fwd_t *f)
     relay_buf_reset(&x->pending);
 }
 
+/*
+ * curl_easy_perform without its first poll: curl's loop polls its wake-up socket before the
+ * transfer has a socket to wait for (strace: a poll(..., 0) a request). This one runs the transfer
+ * first and waits only when it must; the connection stays in m's cache for the handle's next use.
+ */
+static CURLcode perform_inline(CURLM *m, CURL *h)
+{
+    CURLMcode mc = curl_multi_add_handle(m, h);
+    if (mc != CURLM_OK)
+        return mc == CURLM_OUT_OF_MEMORY ? CURLE_OUT_OF_MEMORY : CURLE_FAILED_INIT;
+    int running = 1;
+    for (;;) {
+        mc = curl_multi_perform(m, &running);
+        if (mc != CURLM_OK || !running)
+            break;
+        mc = curl_multi_wait(m, NULL, 0, 1000, NULL);
+        if (mc != CURLM_OK)
+            break;
+    }
+    CURLcode cc = mc == CURLM_OUT_OF_MEMORY ? CURLE_OUT_OF_MEMORY : CURLE_BAD_FUNCTION_ARGUMENT;
+    CURLMsg *msg;
+    int left;
+    while ((msg = curl_multi_info_read(m, &left)))
+        if (msg->msg == CURLMSG_DONE && msg->easy_handle == h)
+            cc = msg->data.result;
+    curl_multi_remove_handle(m, h);
+    return cc;
+}
+
 /* One attempt on the I/O thread. Returns the curl code. */
 static CURLcode run_attempt(fwd_t *f, CURL *h, int attempt)
 {
@@ -901,7 +950,7 @@ static CURLcode run_attempt(fwd_t *f, CURL *h, int attempt)
     if (f->inline_xfer) {
         /* The callbacks write to the sink on this thread; deadlines are checked by on_progress,
          * which curl calls at least once a second. */
-        f->x.cc = curl_easy_perform(h);
+        f->x.cc = perform_inline(f->multi, h);
         return f->x.cc;
     }
     struct relay_forward_state *st = f->r->forward;
@@ -1172,7 +1221,7 @@ static int forward_with(fwd_t *f, relay_t *r, const relay_http_request_t *req,
         return res->error_code;
     }
     f->inline_xfer = !(fo && fo->stream);
-    CURL *h = easy_get(r->forward, f->inline_xfer);
+    CURL *h = easy_get(r->forward, f->inline_xfer, &f->multi);
     relay_buf_init(&f->hdr_store, 64 * 1024);
     relay_buf_init(&f->err_body, ERR_BODY_CAP);
     relay_buf_init(&f->json, JSON_BODY_CAP);
@@ -1187,13 +1236,13 @@ static int forward_with(fwd_t *f, relay_t *r, const relay_http_request_t *req,
         write_relay_error(f, RELAY_ERR_NOMEM, "out of memory");
         rc = RELAY_ERR_NOMEM;
         if (h)
-            easy_put(r->forward, h, f->inline_xfer);
+            easy_put(r->forward, h, f->multi, f->inline_xfer);
     } else {
         setup_easy(f, h, req);
         rc = perform(f, h, req);
         /* The easy handle keeps a pointer to the headers list: drop it before the list goes. */
         curl_easy_setopt(h, CURLOPT_HTTPHEADER, NULL);
-        easy_put(r->forward, h, f->inline_xfer);
+        easy_put(r->forward, h, f->multi, f->inline_xfer);
     }
     free_headers(f->headers);
     res->stream = f->is_sse;
