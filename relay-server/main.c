@@ -620,7 +620,8 @@ int main(int argc, char **argv)
 {
     /* glibc gives busy threads their own malloc arenas (up to 8 per core); with a thousand
      * workers each arena kept its own freed memory, and 1,000 streams cost 252 MB of RSS. Four
-     * arenas: 148 MB for the same load (docs/benchmarks.md). */
+     * arenas: 148 MB for the same load (docs/benchmarks.md). MALLOC_ARENA_MAX in the environment,
+     * which glibc reads itself, wins. */
     if (!getenv("MALLOC_ARENA_MAX"))
         mallopt(M_ARENA_MAX, 4);
     cli_t c;

@@ -90,8 +90,7 @@ static void spool_report(relay_t *r, int rc, int err_no, int first)
 
 int relay_usage_new_row_uid(int64_t ms, char out[33])
 {
-    /* A batch then dirties a few pages of the index, not one per row. */
-    uint8_t uid[16];
+    uint8_t uid[16]; /* big-endian ms first, so ids sort by time (usage_internal.h) */
     for (int i = 0; i < 6; i++)
         uid[i] = (uint8_t)((uint64_t)ms >> (40 - 8 * i));
     int rc = relay_random_id_bytes(uid + 6, sizeof uid - 6);
